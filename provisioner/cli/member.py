@@ -1,0 +1,353 @@
+"""`coopctl member ...`: the sysadmin's everyday commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from provisioner import validate
+from provisioner.changes import ChangeSet
+from provisioner.cli.common import (
+    State,
+    apply_changes,
+    emit,
+    handle_errors,
+    json_option,
+    list_option,
+    obtain_password,
+    pass_state,
+    with_password_options,
+)
+from provisioner.errors import CoopError, InvalidInput
+from provisioner.imports import export_rows, plan_import, read_file
+from provisioner.ldapconn import set_password
+from provisioner.members import (
+    MemberSpec,
+    add_to_changeset,
+    check_addresses,
+    check_references,
+    check_spec,
+    desired_member,
+    new_uid,
+    set_status,
+)
+from provisioner.model import Member
+
+
+@click.group()
+def member() -> None:
+    """Add, change, suspend, restore and list the coop's members."""
+
+
+def _quota(value: str | None, what: str) -> int | None:
+    return validate.quota(value, what) if value is not None else None
+
+
+def _member_text(m: Member) -> str:
+    lines = [
+        f"{m.uid}  {m.full_name}",
+        f"  status:      {m.status}"
+        + (f" since {m.status_changed:%Y-%m-%d}" if m.status_changed else ""),
+        f"  mail:        {m.mail}",
+        f"  plan:        {m.plan or '-'}",
+        f"  services:    {', '.join(m.services) or '-'}",
+        f"  groups:      {', '.join(m.groups) or '-'}",
+        f"  mail quota:  {validate.format_quota(m.mail_quota) or '-'}"
+        + (" (set by hand)" if "mail" in m.quota_overrides else ""),
+        f"  cloud quota: {validate.format_quota(m.cloud_quota) or '-'}"
+        + (" (set by hand)" if "cloud" in m.quota_overrides else ""),
+    ]
+    if m.aliases:
+        lines.append(f"  aliases:     {', '.join(m.aliases)}")
+    if m.forwards:
+        lines.append(f"  forwards:    {', '.join(m.forwards)}")
+    if m.member_number:
+        lines.append(f"  member no.:  {m.member_number}")
+    if m.departure_date:
+        lines.append(f"  departed:    {m.departure_date:%Y-%m-%d}")
+    return "\n".join(lines)
+
+
+def _single_change(state: State, spec: MemberSpec, uid: str | None) -> tuple[ChangeSet, Member]:
+    directory = state.directory
+    cfg = state.config
+    spec = check_spec(spec, cfg.mail_domain)
+    old = directory.get_member(uid) if uid else None
+    plans = {p.name: p for p in directory.plans()}
+    groups = {g.name: g for g in directory.groups()}
+    check_references(set(groups), spec.groups)
+    if old is None:
+        uid = new_uid(directory, spec, set())
+        if spec.plan is None:
+            spec.plan = cfg.default_plan
+        if spec.plan is None:
+            raise InvalidInput("no plan given", "name one with --plan (see `coopctl plan list`)")
+    assert uid is not None
+    new = desired_member(spec, old, plans, uid, cfg.mail_domain)
+    check_addresses(directory, new, old)
+    cs = ChangeSet(cfg.directory)
+    add_to_changeset(cs, directory, old, new)
+    cs.finalize(groups)
+    return cs, new
+
+
+@member.command("add")
+@click.option("--given-name", required=True, help="First name(s), e.g. 'Stéphanie'.")
+@click.option("--family-name", required=True, help="Family name, e.g. 'Dupré-Noël'.")
+@click.option("--uid", help="Login name; derived from the name when absent.")
+@click.option("--mail", help="Coop address; uid@<mail domain> when absent.")
+@click.option("--plan", help="Plan name (see `coopctl plan list`).")
+@list_option("--service", "Service the member gets; the plan's when none given")
+@list_option("--group", "Group to join")
+@list_option("--alias", "Extra address delivered to the mailbox")
+@list_option("--forward", "Address that receives a copy of every message")
+@click.option("--mail-quota", help="Override the plan's mail quota, e.g. '2 GB'.")
+@click.option("--cloud-quota", help="Override the plan's cloud quota, e.g. '10 GB'.")
+@click.option("--member-number", help="The member's number in the coop's ERP.")
+@click.option("--recovery-mail", help="Address outside the coop, for password resets.")
+@with_password_options
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@json_option
+@pass_state
+@handle_errors
+def member_add(state: State, given_name: str, family_name: str, uid: str | None,
+               mail: str | None, plan: str | None, service: tuple[str, ...],
+               group: tuple[str, ...], alias: tuple[str, ...], forward: tuple[str, ...],
+               mail_quota: str | None, cloud_quota: str | None, member_number: str | None,
+               recovery_mail: str | None, password_stdin: bool, password_file: Path | None,
+               generate_password: bool, dry_run: bool, as_json: bool) -> None:
+    """Add a member. The password is never taken on the command line."""
+    spec = MemberSpec(
+        given_name=given_name, family_name=family_name, uid=uid, mail=mail, plan=plan,
+        services=list(service) or None, groups=list(group), aliases=list(alias),
+        forwards=list(forward), mail_quota=_quota(mail_quota, "mail quota"),
+        cloud_quota=_quota(cloud_quota, "cloud quota"), member_number=member_number,
+        recovery_mail=recovery_mail, status="active",
+    )
+    password, generated = (None, False) if dry_run else obtain_password(
+        state.config.min_password_length, password_stdin, password_file, generate_password)
+    cs, new = _single_change(state, spec, None)
+    apply_changes(state, cs, dry_run, as_json and not generated)
+    if dry_run or password is None:
+        return
+    dn = state.directory.member_dn(new.uid)
+    try:
+        set_password(state.directory.conn, dn, password)
+    except CoopError:
+        # Undo the add so that nothing half-made stays: the member can be added again.
+        undo = ChangeSet(state.config.directory)
+        undo.tx.delete(dn)
+        for g in new.groups:
+            undo.leave_group(g, new.uid)
+        undo.finalize({g.name: g for g in state.directory.groups()})
+        undo.apply(state.directory.conn)
+        raise
+    if generated:
+        emit(as_json, {"uid": new.uid, "initial_password": password,
+                       "changes": [c.to_dict() for c in cs.changes]},
+             f"Initial password for {new.uid} (shown once, give it to the member): {password}")
+
+
+@member.command("show")
+@click.argument("uid")
+@json_option
+@pass_state
+@handle_errors
+def member_show(state: State, uid: str, as_json: bool) -> None:
+    """Show one member."""
+    m = state.directory.get_member(uid)
+    emit(as_json, m.to_dict(), lambda: _member_text(m))
+
+
+@member.command("list")
+@click.option("--status", help="active, suspended or departed.")
+@click.option("--plan", help="Only members on this plan.")
+@click.option("--group", help="Only members of this group.")
+@click.option("--service", help="Only members with this service.")
+@json_option
+@pass_state
+@handle_errors
+def member_list(state: State, status: str | None, plan: str | None, group: str | None,
+                service: str | None, as_json: bool) -> None:
+    """List members, filtered by status, plan, group or service."""
+    members = state.directory.members(status=status, plan=plan, service=service, group=group)
+    if as_json:
+        emit(True, [m.to_dict() for m in members], "")
+        return
+    out = [f"{'UID':<24} {'STATUS':<10} {'PLAN':<12} {'SERVICES':<26} NAME"]
+    out += [f"{m.uid:<24} {m.status:<10} {m.plan or '-':<12} "
+            f"{','.join(m.services) or '-':<26} {m.full_name}" for m in members]
+    out.append(f"{len(members)} member(s)")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+@member.command("modify")
+@click.argument("uid")
+@click.option("--given-name")
+@click.option("--family-name")
+@click.option("--display-name")
+@click.option("--mail", help="New coop address.")
+@click.option("--plan", help="Move to this plan (services and quotas follow it).")
+@list_option("--service", "Replace the member's services with these")
+@list_option("--add-group", "Join this group")
+@list_option("--remove-group", "Leave this group")
+@list_option("--add-alias", "Add this address")
+@list_option("--remove-alias", "Remove this address")
+@list_option("--add-forward", "Forward to this address too")
+@list_option("--remove-forward", "Stop forwarding to this address")
+@click.option("--mail-quota", help="Override the mail quota, e.g. '2 GB'.")
+@click.option("--cloud-quota", help="Override the cloud quota, e.g. '10 GB'.")
+@click.option("--follow-plan-quotas", is_flag=True, help="Drop quota overrides.")
+@click.option("--member-number")
+@click.option("--recovery-mail")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@json_option
+@pass_state
+@handle_errors
+def member_modify(state: State, uid: str, given_name: str | None, family_name: str | None,
+                  display_name: str | None, mail: str | None, plan: str | None,
+                  service: tuple[str, ...], add_group: tuple[str, ...],
+                  remove_group: tuple[str, ...], add_alias: tuple[str, ...],
+                  remove_alias: tuple[str, ...], add_forward: tuple[str, ...],
+                  remove_forward: tuple[str, ...], mail_quota: str | None,
+                  cloud_quota: str | None, follow_plan_quotas: bool,
+                  member_number: str | None, recovery_mail: str | None, dry_run: bool,
+                  as_json: bool) -> None:
+    """Change a member: name, plan, services, groups, addresses, quotas."""
+    validate.uid(uid)
+    old = state.directory.get_member(uid)
+    domain = state.config.mail_domain
+    aliases = (set(old.aliases) | {validate.mail(a, "alias") for a in add_alias}) - {
+        validate.mail(a, "alias") for a in remove_alias}
+    forwards = (set(old.forwards) | {validate.mail(a, "forward") for a in add_forward}) - {
+        validate.mail(a, "forward") for a in remove_forward}
+    spec = MemberSpec(
+        given_name=given_name, family_name=family_name, display_name=display_name, mail=mail,
+        plan=plan, services=list(service) or None,
+        groups=sorted((set(old.groups) | set(add_group)) - set(remove_group)),
+        aliases=sorted(aliases), forwards=sorted(forwards),
+        mail_quota=_quota(mail_quota, "mail quota"),
+        cloud_quota=_quota(cloud_quota, "cloud quota"),
+        follow_plan_quotas=follow_plan_quotas, member_number=member_number,
+        recovery_mail=recovery_mail,
+    )
+    del domain
+    cs, _new = _single_change(state, spec, uid)
+    apply_changes(state, cs, dry_run, as_json)
+
+
+def _status_command(name: str, status: str, doc: str) -> None:
+    @member.command(name, help=doc)
+    @click.argument("uid")
+    @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+    @json_option
+    @pass_state
+    @handle_errors
+    def command(state: State, uid: str, dry_run: bool, as_json: bool) -> None:
+        validate.uid(uid)
+        directory = state.directory
+        old = directory.get_member(uid)
+        allowed = {"suspended": {"active"}, "active": {"suspended", "departed"},
+                   "departed": {"active", "suspended"}}[status]
+        if old.status == status:
+            emit(as_json, {"uid": uid, "status": status, "changes": []},
+                 f"No changes: {uid} is already {status}.")
+            return
+        if old.status not in allowed:
+            raise InvalidInput(f"{uid} is {old.status}; cannot {name} from there")
+        new = Member(**{**old.__dict__})
+        set_status(new, status)
+        cs = ChangeSet(state.config.directory)
+        add_to_changeset(cs, directory, old, new)
+        cs.finalize({g.name: g for g in directory.groups()})
+        apply_changes(state, cs, dry_run, as_json)
+
+
+_status_command("suspend", "suspended",
+                "Suspend a member: they can no longer log in anywhere; nothing is deleted.")
+_status_command("restore", "active", "Restore a suspended or departed member.")
+_status_command("depart", "departed",
+                "Record that a member left. Nothing is deleted here: the sync removes their "
+                "accounts after the grace period.")
+
+
+@member.command("passwd")
+@click.argument("uid")
+@with_password_options
+@json_option
+@pass_state
+@handle_errors
+def member_passwd(state: State, uid: str, password_stdin: bool, password_file: Path | None,
+                  generate_password: bool, as_json: bool) -> None:
+    """Set a member's password (the directory hashes it)."""
+    validate.uid(uid)
+    directory = state.directory
+    directory.get_member(uid)
+    password, generated = obtain_password(state.config.min_password_length, password_stdin,
+                                          password_file, generate_password)
+    set_password(directory.conn, directory.member_dn(uid), password)
+    data = {"uid": uid, "password_set": True}
+    if generated:
+        data["initial_password"] = password
+        emit(as_json, data, f"New password for {uid} (shown once): {password}")
+    else:
+        emit(as_json, data, f"Password of {uid} changed.")
+
+
+@member.command("import")
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--initial-passwords", type=click.Path(dir_okay=False, path_type=Path),
+              help="Give new members a one-time password, written to this new file (0600).")
+@json_option
+@pass_state
+@handle_errors
+def member_import(state: State, csv_file: Path, dry_run: bool,
+                  initial_passwords: Path | None, as_json: bool) -> None:
+    """Import members from a CSV file; all rows or none.
+
+    Columns: member_number, uid, given_name, family_name, display_name, mail, status, plan,
+    services, groups, aliases, forwards, mail_quota, cloud_quota, recovery_mail. Lists are
+    separated by spaces. Members not in the file are left alone.
+    """
+    if initial_passwords and initial_passwords.exists():
+        raise InvalidInput(f"{initial_passwords} already exists",
+                           "choose a new file: it will hold passwords")
+    result = plan_import(state.directory, read_file(csv_file), str(csv_file))
+    apply_changes(state, result.changes, dry_run, as_json,
+                  {"rows": result.rows, "new": result.new_uids})
+    if dry_run or not initial_passwords or not result.new_uids:
+        return
+    fd = os.open(initial_passwords, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("uid,initial_password\n")
+        for uid in result.new_uids:
+            password = _generate(state)
+            set_password(state.directory.conn, state.directory.member_dn(uid), password)
+            out.write(f"{uid},{password}\n")
+    click.echo(f"One-time passwords of {len(result.new_uids)} new member(s) are in "
+               f"{initial_passwords}; hand them out, then delete the file.", err=True)
+
+
+def _generate(state: State) -> str:
+    from provisioner.cli.common import generate_password
+
+    return generate_password(max(16, state.config.min_password_length))
+
+
+@member.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of standard output.")
+@click.option("--status", help="Only members with this status.")
+@pass_state
+@handle_errors
+def member_export(state: State, output: Path | None, status: str | None) -> None:
+    """Export members as CSV, in the format `member import` reads."""
+    text = export_rows(state.directory.members(status=status))
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)

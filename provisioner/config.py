@@ -1,0 +1,184 @@
+"""The coopctl configuration file.
+
+It is checked against `schemas/coopctl-config.schema.json` before anything
+connects anywhere, so a typo is reported with its path in the file rather
+than as an LDAP error later. Secrets are never in the file: it names a file
+or an environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import stat
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from provisioner.errors import ConfigError
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "coopctl-config.schema.json"
+DEFAULT_PATHS = (Path("coopctl.yaml"), Path("/etc/coopctl/coopctl.yaml"))
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    uri: str
+    base_dn: str
+    bind_dn: str
+    tls: str
+    ca_file: str | None = None
+    bind_secret_file: str | None = None
+    bind_secret_env: str = "COOPCTL_BIND_SECRET"
+    admin_uri: str | None = None
+    timeout: float = 10.0
+
+    @property
+    def people_dn(self) -> str:
+        return f"ou=people,{self.base_dn}"
+
+    @property
+    def groups_dn(self) -> str:
+        return f"ou=groups,{self.base_dn}"
+
+    @property
+    def plans_dn(self) -> str:
+        return f"ou=plans,{self.base_dn}"
+
+    @property
+    def services_dn(self) -> str:
+        return f"ou=services,{self.base_dn}"
+
+    @property
+    def placeholder_dn(self) -> str:
+        """The member an otherwise empty groupOfNames holds (the schema needs one)."""
+        return f"cn=nobody,{self.base_dn}"
+
+    def bind_secret(self) -> str:
+        """The service account's password, read when needed and never kept."""
+        if self.bind_secret_file:
+            path = Path(self.bind_secret_file)
+            try:
+                mode = path.stat().st_mode
+                secret = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the bind secret file {path}: {exc.strerror}",
+                    "create it with the coopctl account's password (mode 0600)",
+                ) from None
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(
+                    f"the bind secret file {path} is readable by others",
+                    f"run: chmod 600 {path}",
+                )
+        else:
+            secret = os.environ.get(self.bind_secret_env, "")
+        if not secret:
+            raise ConfigError(
+                "no password for the directory's coopctl account",
+                f"set directory.bind_secret_file in the config or ${self.bind_secret_env}",
+            )
+        return secret
+
+
+@dataclass(frozen=True)
+class Config:
+    directory: DirectoryConfig
+    mail_domain: str
+    coop: str = "coop"
+    min_password_length: int = 10
+    default_plan: str | None = None
+    source: Path | None = field(default=None, compare=False)
+
+
+def _is_loopback(uri: str) -> bool:
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme == "ldapi":
+        return True
+    host = parsed.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def parse(data: Any, source: Path | None = None) -> Config:
+    """Build a Config from already-loaded YAML, or explain what is wrong."""
+    where = f" in {source}" if source else ""
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            lines.append(f"  {path}: {error.message}")
+        raise ConfigError(
+            f"the configuration{where} is not valid:\n" + "\n".join(lines),
+            f"see {SCHEMA_FILE.name} for every setting",
+        )
+    d = data["directory"]
+    uri: str = d["uri"]
+    tls = d.get("tls") or ("ldaps" if uri.startswith("ldaps://") else "none"
+                           if uri.startswith("ldapi://") else "starttls")
+    if tls == "ldaps" and not uri.startswith("ldaps://"):
+        raise ConfigError(f"directory.tls is ldaps but the uri{where} is {uri}",
+                          "use an ldaps:// uri, or tls: starttls")
+    if tls == "none" and not _is_loopback(uri) and not d.get("allow_insecure", False):
+        raise ConfigError(
+            f"directory.tls is none{where} but {uri} is not on this machine: "
+            "the password would cross the network in clear",
+            "use tls: starttls (or ldaps://); set allow_insecure: true only in a throwaway lab",
+        )
+    directory = DirectoryConfig(
+        uri=uri,
+        base_dn=d["base_dn"],
+        bind_dn=d["bind_dn"],
+        tls=tls,
+        ca_file=d.get("ca_file"),
+        bind_secret_file=d.get("bind_secret_file"),
+        bind_secret_env=d.get("bind_secret_env", "COOPCTL_BIND_SECRET"),
+        admin_uri=d.get("admin_uri"),
+        timeout=float(d.get("timeout", 10)),
+    )
+    policy = data.get("policy", {})
+    return Config(
+        directory=directory,
+        mail_domain=data["mail"]["domain"],
+        coop=data.get("coop", "coop"),
+        min_password_length=policy.get("min_password_length", 10),
+        default_plan=policy.get("default_plan"),
+        source=source,
+    )
+
+
+def load(path: Path | None = None) -> Config:
+    """Read the configuration from `path`, $COOPCTL_CONFIG or the default places."""
+    if path is None and os.environ.get("COOPCTL_CONFIG"):
+        path = Path(os.environ["COOPCTL_CONFIG"])
+    if path is None:
+        path = next((p for p in DEFAULT_PATHS if p.exists()), None)
+        if path is None:
+            raise ConfigError(
+                "no configuration file found (looked at ./coopctl.yaml and /etc/coopctl/coopctl.yaml)",
+                "pass --config FILE or set $COOPCTL_CONFIG; `coopctl demo` writes an example",
+            )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the configuration {path} is not valid YAML: {exc}") from None
+    return parse(data, path)

@@ -1,0 +1,199 @@
+"""Reading the coop's directory: members, plans, groups.
+
+Reads are few and wide (one paged search per kind) so that listing 10,000
+members costs three searches, not 10,000. Every value put in a filter is
+escaped; identifiers were already validated, so escaping is a second belt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import ldap3
+from ldap3.utils.conv import escape_filter_chars
+
+from provisioner import validate
+from provisioner.config import Config
+from provisioner.errors import NotFound
+from provisioner.ldapconn import result_error
+from provisioner.model import (
+    GROUP_ATTRIBUTES,
+    MEMBER_ATTRIBUTES,
+    PLAN_ATTRIBUTES,
+    Group,
+    Member,
+    Plan,
+    rdn_value,
+)
+
+PAGE_SIZE = 1000
+
+
+@dataclass
+class Directory:
+    """The coop's tree, read through one bound connection."""
+
+    config: Config
+    conn: ldap3.Connection
+
+    @property
+    def cfg(self):
+        return self.config.directory
+
+    def member_dn(self, uid: str) -> str:
+        return f"uid={uid},{self.cfg.people_dn}"
+
+    def plan_dn(self, name: str) -> str:
+        return f"cn={name},{self.cfg.plans_dn}"
+
+    def group_dn(self, name: str) -> str:
+        return f"cn={name},{self.cfg.groups_dn}"
+
+    # -- low level -------------------------------------------------------
+
+    def _search(self, base: str, ldap_filter: str, attributes: list[str],
+                scope: str = ldap3.LEVEL) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
+        """(dn, raw attributes) of every match, paged, raising on failure."""
+        cookie: bytes | None = None
+        while True:
+            ok = self.conn.search(
+                base, ldap_filter, scope, attributes=attributes, paged_size=PAGE_SIZE,
+                paged_cookie=cookie, dereference_aliases=ldap3.DEREF_NEVER,
+            )
+            if not ok and self.conn.result.get("result") not in (0, 4):
+                if self.conn.result.get("result") == 32:
+                    raise NotFound(
+                        f"{base} does not exist in the directory",
+                        "create the coop's tree with `coopctl init`",
+                    )
+                raise result_error(self.conn, f"searching {base}")
+            for entry in self.conn.response or []:
+                if entry.get("type") == "searchResEntry":
+                    yield entry["dn"], entry["raw_attributes"]
+            controls = self.conn.result.get("controls") or {}
+            paged = controls.get("1.2.840.113556.1.4.319", {}).get("value", {})
+            cookie = paged.get("cookie")
+            if not cookie:
+                return
+
+    # -- groups ------------------------------------------------------------
+
+    def groups(self) -> list[Group]:
+        placeholder = self.cfg.placeholder_dn.lower()
+        found = []
+        for _dn, raw in self._search(self.cfg.groups_dn, "(objectClass=groupOfNames)",
+                                     GROUP_ATTRIBUTES):
+            members = sorted(
+                rdn_value(m.decode()) for m in raw.get("member", [])
+                if m.decode().lower() != placeholder
+            )
+            description = (raw.get("description") or [b""])[0].decode()
+            found.append(Group(raw["cn"][0].decode(), description, members))
+        return sorted(found, key=lambda g: g.name)
+
+    def group_map(self) -> dict[str, list[str]]:
+        """uid -> names of its groups, from one search of all groups."""
+        by_member: dict[str, list[str]] = {}
+        for group in self.groups():
+            for uid in group.members:
+                by_member.setdefault(uid, []).append(group.name)
+        return by_member
+
+    def find_group(self, name: str) -> Group | None:
+        validate.identifier(name, "group")
+        return next((g for g in self.groups() if g.name == name), None)
+
+    def get_group(self, name: str) -> Group:
+        group = self.find_group(name)
+        if group is None:
+            known = ", ".join(g.name for g in self.groups()) or "none yet"
+            raise NotFound(f"no group named {name!r}", f"known groups: {known}")
+        return group
+
+    # -- plans -------------------------------------------------------------
+
+    def plans(self) -> list[Plan]:
+        found = [Plan.from_raw(raw) for _dn, raw in
+                 self._search(self.cfg.plans_dn, "(objectClass=coopPlan)", PLAN_ATTRIBUTES)]
+        return sorted(found, key=lambda p: p.name)
+
+    def find_plan(self, name: str) -> Plan | None:
+        validate.identifier(name, "plan")
+        flt = f"(&(objectClass=coopPlan)(cn={escape_filter_chars(name)}))"
+        found = [Plan.from_raw(raw) for _dn, raw in
+                 self._search(self.cfg.plans_dn, flt, PLAN_ATTRIBUTES)]
+        return found[0] if found else None
+
+    def get_plan(self, name: str) -> Plan:
+        plan = self.find_plan(name)
+        if plan is None:
+            known = ", ".join(p.name for p in self.plans()) or "none yet"
+            raise NotFound(f"no plan named {name!r}",
+                           f"known plans: {known}; add one with `coopctl plan add`")
+        return plan
+
+    # -- members -----------------------------------------------------------
+
+    def members(self, status: str | None = None, plan: str | None = None,
+                service: str | None = None, group: str | None = None) -> list[Member]:
+        """Members matching every given criterion, sorted by uid."""
+        parts = ["(objectClass=coopMember)"]
+        if status:
+            parts.append(f"(coopMemberStatus={escape_filter_chars(validate.status(status))})")
+        if plan:
+            self.get_plan(plan)
+            parts.append(f"(coopPlan={escape_filter_chars(self.plan_dn(plan))})")
+        if service:
+            parts.append(f"(coopService={escape_filter_chars(validate.service(service))})")
+        wanted: set[str] | None = None
+        if group:
+            wanted = set(self.get_group(group).members)
+        group_map = self.group_map()
+        found = []
+        for _dn, raw in self._search(self.cfg.people_dn, f"(&{''.join(parts)})",
+                                     MEMBER_ATTRIBUTES):
+            uid = raw["uid"][0].decode()
+            if wanted is not None and uid not in wanted:
+                continue
+            found.append(Member.from_raw(raw, group_map.get(uid, [])))
+        return sorted(found, key=lambda m: m.uid)
+
+    def find_member(self, uid: str) -> Member | None:
+        validate.uid(uid)
+        flt = f"(&(objectClass=coopMember)(uid={escape_filter_chars(uid)}))"
+        found = list(self._search(self.cfg.people_dn, flt, MEMBER_ATTRIBUTES))
+        if not found:
+            return None
+        groups = [g.name for g in self.groups() if uid in g.members]
+        return Member.from_raw(found[0][1], groups)
+
+    def get_member(self, uid: str) -> Member:
+        member = self.find_member(uid)
+        if member is None:
+            raise NotFound(f"no member with uid {uid!r}",
+                           "list members with `coopctl member list`")
+        return member
+
+    def uid_exists(self, uid: str) -> bool:
+        """Any entry under people with this uid, member or not."""
+        flt = f"(uid={escape_filter_chars(uid)})"
+        return any(True for _ in self._search(self.cfg.people_dn, flt, ["1.1"]))
+
+    def address_owners(self, addresses: list[str]) -> dict[str, str]:
+        """address -> uid of whoever already uses it as mail or alias."""
+        if not addresses:
+            return {}
+        terms = "".join(
+            f"(mail={escape_filter_chars(a)})(coopMailAlias={escape_filter_chars(a)})"
+            for a in addresses
+        )
+        owners: dict[str, str] = {}
+        wanted = {a.lower() for a in addresses}
+        for _dn, raw in self._search(self.cfg.people_dn, f"(|{terms})",
+                                     ["uid", "mail", "coopMailAlias"]):
+            uid = raw["uid"][0].decode()
+            for value in raw.get("mail", []) + raw.get("coopMailAlias", []):
+                if value.decode().lower() in wanted:
+                    owners[value.decode().lower()] = uid
+        return owners
