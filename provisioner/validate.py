@@ -33,6 +33,7 @@ _MEMBER_NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _FORBIDDEN_IN_TEXT = set('*()\\,+;<>="#') | {chr(c) for c in range(32)} | {"\x7f"}
 _QUOTA = re.compile(r"^\s*(\d+)\s*(MB|GB|TB)\s*$", re.IGNORECASE)
 _QUOTA_FACTORS = {"MB": 1, "GB": 1024, "TB": 1024 * 1024}
+_MAIL_LOCAL = re.compile(r"^[A-Za-z0-9._+'-]+$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -105,6 +106,11 @@ def mail(value: str, what: str = "mail address") -> str:
         raise InvalidInput(f"the {what} {_describe(value)} is not valid: {exc}") from None
     ascii_mail = result.ascii_email or result.normalized
     local, _, domain = ascii_mail.rpartition("@")
+    if not _MAIL_LOCAL.match(local):
+        raise InvalidInput(
+            f"the {what} {_describe(value)} has characters coopctl does not accept",
+            "before the @, use letters, digits and . _ + ' - only",
+        )
     return f"{local}@{domain.lower()}"
 
 

@@ -130,7 +130,10 @@ def member_add(state: State, given_name: str, family_name: str, uid: str | None,
     password, generated = (None, False) if dry_run else obtain_password(
         state.config.min_password_length, password_stdin, password_file, generate_password)
     cs, new = _single_change(state, spec, None)
-    apply_changes(state, cs, dry_run, as_json and not generated)
+    if generated:
+        cs.apply(state.directory.conn)  # reported below, with the password, in one document
+    else:
+        apply_changes(state, cs, dry_run, as_json)
     if dry_run or password is None:
         return
     dn = state.directory.member_dn(new.uid)
@@ -148,7 +151,8 @@ def member_add(state: State, given_name: str, family_name: str, uid: str | None,
     if generated:
         emit(as_json, {"uid": new.uid, "initial_password": password,
                        "changes": [c.to_dict() for c in cs.changes]},
-             f"Initial password for {new.uid} (shown once, give it to the member): {password}")
+             lambda: cs.render() + f"\nInitial password for {new.uid} (shown once, give it "
+             f"to the member): {password}")
 
 
 @member.command("show")

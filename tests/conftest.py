@@ -1,0 +1,99 @@
+"""Fixtures: a real private slapd (Debian's package) with the project's schema.
+
+One server per test session; each test starts from an initialised, empty
+coop tree (people, groups and plans are emptied between tests).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import ldap3
+import pytest
+from click.testing import CliRunner, Result
+
+from provisioner.cli import cli
+from provisioner.cli.demo import write_local_config
+from provisioner.config import load
+from provisioner.localslapd import LocalDirectory
+
+SUFFIX = "dc=demo,dc=coop"
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDirectory]:
+    if not shutil.which("slapd") and not Path("/usr/sbin/slapd").exists():
+        pytest.fail("slapd is not installed: run `bash .ci/setup` first")
+    server = LocalDirectory(tmp_path_factory.mktemp("slapd") / "server", suffix=SUFFIX)
+    server.build()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def config_path(slapd: LocalDirectory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("coopctl")
+    path = write_local_config(workdir, slapd)
+    result = CliRunner().invoke(cli, ["--config", str(path), "init"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def admin_connection(slapd: LocalDirectory) -> ldap3.Connection:
+    return ldap3.Connection(ldap3.Server(slapd.ldapi_uri), authentication=ldap3.SASL,
+                            sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="",
+                            auto_bind=True)
+
+
+@pytest.fixture
+def admin(slapd: LocalDirectory) -> Iterator[ldap3.Connection]:
+    conn = admin_connection(slapd)
+    yield conn
+    conn.unbind()
+
+
+@pytest.fixture
+def coop(config_path: Path, admin: ldap3.Connection) -> Path:
+    """An initialised, empty coop; returns the config path."""
+    for ou in ("people", "groups", "plans"):
+        admin.search(f"ou={ou},{SUFFIX}", "(objectClass=*)", ldap3.LEVEL, attributes=["1.1"])
+        for entry in list(admin.response):
+            admin.delete(entry["dn"])
+    return config_path
+
+
+class Coopctl:
+    """Runs coopctl in-process, as a user would from a shell."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+
+    def __call__(self, *args: str, input: str | None = None, ok: bool = True) -> Result:
+        result = CliRunner().invoke(cli, ["--config", str(self.config), *args], input=input)
+        if ok:
+            assert result.exit_code == 0, f"{args}: {result.output}"
+        return result
+
+
+@pytest.fixture
+def coopctl(coop: Path) -> Coopctl:
+    return Coopctl(coop)
+
+
+@pytest.fixture
+def with_plans(coopctl: Coopctl) -> Coopctl:
+    coopctl("plan", "add", "small", "--cloud-quota", "5 GB", "--mail-quota", "1 GB",
+            "--price", "2.50", "--service", "mail", "--service", "cloud")
+    coopctl("plan", "add", "family", "--cloud-quota", "50 GB", "--mail-quota", "5 GB",
+            "--price", "6", "--service", "mail", "--service", "cloud", "--service", "wiki")
+    coopctl("group", "add", "board")
+    coopctl("group", "add", "wiki-editors")
+    return coopctl
+
+
+@pytest.fixture
+def config(coop: Path):  # noqa: ANN201
+    return load(coop)

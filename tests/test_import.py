@@ -1,0 +1,142 @@
+"""CSV import/export: all-or-nothing, line-numbered errors, idempotent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Coopctl
+
+HEADER = "member_number,given_name,family_name,plan,services,groups,aliases,mail_quota\n"
+GOOD = HEADER + (
+    "M-1,Stéphanie,Dupré-Noël,family,,board,steph@demo.coop,\n"
+    "M-2,Jan,van der Berg,small,,,,2 GB\n"
+    "M-3,Zoë,O'Neill,small,mail,wiki-editors,,\n"
+)
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "members.csv") -> str:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def members(c: Coopctl) -> list[dict]:
+    return json.loads(c("member", "list", "--json").output)
+
+
+def test_import_creates_then_changes_nothing(with_plans: Coopctl, tmp_path: Path) -> None:
+    c = with_plans
+    path = write(tmp_path, GOOD)
+    dry = c("member", "import", path, "--dry-run")
+    assert "3 to create" in dry.output and members(c) == []
+    out = c("member", "import", path)
+    assert "Applied: 3 created" in out.output
+    found = {m["uid"]: m for m in members(c)}
+    assert set(found) == {"stephanie.dupre-noel", "jan.vanderberg", "zoe.oneill"}
+    assert found["jan.vanderberg"]["mail_quota"] == 2048
+    assert found["jan.vanderberg"]["quota_overrides"] == ["mail"]
+    assert found["zoe.oneill"]["services"] == ["mail"]
+    assert found["stephanie.dupre-noel"]["groups"] == ["board"]
+    assert "No changes" in c("member", "import", path).output
+
+
+def test_export_round_trip_is_stable(with_plans: Coopctl, tmp_path: Path) -> None:
+    c = with_plans
+    c("member", "import", write(tmp_path, GOOD))
+    c("member", "suspend", "zoe.oneill")
+    exported = c("member", "export").output
+    before = members(c)
+    assert "No changes" in c("member", "import", write(tmp_path, exported, "x.csv")).output
+    assert members(c) == before
+    # an edited export changes exactly what was edited
+    edited = exported.replace(",suspended,", ",active,")
+    out = c("member", "import", write(tmp_path, edited, "y.csv"))
+    assert "status: suspended -> active" in out.output and "1 changed" in out.output
+
+
+def test_changed_rows_update_members_by_member_number(with_plans: Coopctl,
+                                                     tmp_path: Path) -> None:
+    c = with_plans
+    c("member", "import", write(tmp_path, GOOD))
+    moved = GOOD.replace("M-2,Jan,van der Berg,small,,,,2 GB", "M-2,Jan,van der Berg,family,,,,")
+    out = c("member", "import", write(tmp_path, moved, "m.csv"))
+    assert "~ member jan.vanderberg" in out.output and "plan: small -> family" in out.output
+    jan = next(m for m in members(c) if m["uid"] == "jan.vanderberg")
+    assert jan["mail_quota"] == 5 * 1024 and jan["quota_overrides"] == []
+
+
+def test_every_bad_row_is_reported_and_nothing_is_applied(with_plans: Coopctl,
+                                                         tmp_path: Path) -> None:
+    c = with_plans
+    bad = GOOD + (
+        "M-4,Eve,Bad*Name,small,,,,\n"
+        "M-5,Ann,Other,gold,,,,\n"
+        "M-6,Bob,Quota,small,,,,5G\n"
+        "M-7,Cid,Group,small,,ghosts,,\n"
+        "M-1,Dup,Number,small,,,,\n"
+        "M-8,Al,Ias,small,,,steph@demo.coop,\n"
+        "M-9,Too,Few\n"
+    )
+    result = c("member", "import", write(tmp_path, bad), ok=False)
+    assert result.exit_code == 2
+    for line in ("line 5:", "line 6:", "line 7:", "line 8:", "line 9:", "line 10:", "line 11:"):
+        assert line in result.output, result.output
+    assert "nothing was imported" in result.output
+    assert members(c) == []
+
+
+def test_conflict_with_the_directory_is_caught_before_writing(with_plans: Coopctl,
+                                                             tmp_path: Path) -> None:
+    c = with_plans
+    c("member", "add", "--given-name", "Old", "--family-name", "Timer", "--plan", "small",
+      "--alias", "steph@demo.coop", "--password-stdin", input="a long secret phrase\n")
+    result = c("member", "import", write(tmp_path, GOOD), ok=False)
+    assert result.exit_code == 2 and "line 2: steph@demo.coop already belongs to member old.timer" \
+        in result.output
+    assert [m["uid"] for m in members(c)] == ["old.timer"]
+
+
+@pytest.mark.parametrize(("content", "text"), [
+    ("given_name,family_name\nA,B\n", "missing column(s): plan"),
+    ("uid,given_name,family_name,plan,colour\n", "unknown column(s): colour"),
+    ("given_name,family_name,plan\nA,B,small\n", "uid or member_number"),
+    ("uid,uid,given_name,family_name,plan\n", "repeated column(s): uid"),
+    ("", "is empty"),
+    (b"member_number,given_name,family_name,plan\nM-1,Andr\xe9,Latin1,small\n", "not UTF-8 (line 2"),
+    (b"member_number,given_name,family_name,plan\nM-1,A\x00,B,small\n", "NUL"),
+])
+def test_bad_files(with_plans: Coopctl, tmp_path: Path, content: str | bytes, text: str) -> None:
+    result = with_plans("member", "import", write(tmp_path, content), ok=False)
+    assert result.exit_code == 2 and text in result.output, result.output
+    assert members(with_plans) == []
+
+
+def test_duplicate_rows_are_errors(with_plans: Coopctl, tmp_path: Path) -> None:
+    dup = GOOD + "M-3,Zoë,O'Neill,small,mail,wiki-editors,,\n"
+    result = with_plans("member", "import", write(tmp_path, dup), ok=False)
+    assert "line 5: duplicates line 4" in result.output
+    assert members(with_plans) == []
+
+
+def test_semicolon_csv_from_a_spreadsheet(with_plans: Coopctl, tmp_path: Path) -> None:
+    text = "\ufeffmember_number;given_name;family_name;plan\nM-1;Inès;Benali;small\n"
+    with_plans("member", "import", write(tmp_path, text))
+    assert [m["uid"] for m in members(with_plans)] == ["ines.benali"]
+
+
+def test_initial_passwords_file(with_plans: Coopctl, tmp_path: Path) -> None:
+    out_file = tmp_path / "passwords.csv"
+    with_plans("member", "import", write(tmp_path, GOOD), "--initial-passwords", str(out_file))
+    assert oct(out_file.stat().st_mode & 0o777) == "0o600"
+    rows = out_file.read_text().splitlines()[1:]
+    assert len(rows) == 3
+    from tests.test_members import member_bind
+
+    uid, password = rows[0].split(",")
+    assert member_bind(with_plans, uid, password)
