@@ -170,7 +170,8 @@ def load(path: Path | None = None) -> Config:
         path = next((p for p in DEFAULT_PATHS if p.exists()), None)
         if path is None:
             raise ConfigError(
-                "no configuration file found (looked at ./coopctl.yaml and /etc/coopctl/coopctl.yaml)",
+                "no configuration file found "
+                "(looked at ./coopctl.yaml and /etc/coopctl/coopctl.yaml)",
                 "pass --config FILE or set $COOPCTL_CONFIG; `coopctl demo` writes an example",
             )
     try:

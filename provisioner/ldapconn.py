@@ -81,7 +81,6 @@ def connect(cfg: DirectoryConfig, check_base: bool = True) -> ldap3.Connection:
         raise_exceptions=False,
         receive_timeout=int(cfg.timeout),
         auto_referrals=False,
-        fast_decoder=False,
     )
     del secret
     try:
@@ -158,7 +157,7 @@ def result_error(conn: ldap3.Connection, doing: str) -> CoopError:
     if code in (20, 68):
         return Conflict(text)
     if code == 50:
-        return ConfigError(text, "the coopctl account lacks a right: check the ACLs of schemas/acl.j2")
+        return ConfigError(text, "the coopctl account lacks a right: see schemas/acl.j2")
     if code in (51, 52, 81):
         return DirectoryUnavailable(text, "the server is busy or refusing work; try again later")
     return CoopError(text)

@@ -95,5 +95,5 @@ def with_plans(coopctl: Coopctl) -> Coopctl:
 
 
 @pytest.fixture
-def config(coop: Path):  # noqa: ANN201
+def config(coop: Path):  # type: ignore[no-untyped-def]
     return load(coop)

@@ -108,7 +108,8 @@ def test_conflict_with_the_directory_is_caught_before_writing(with_plans: Coopct
     ("given_name,family_name,plan\nA,B,small\n", "uid or member_number"),
     ("uid,uid,given_name,family_name,plan\n", "repeated column(s): uid"),
     ("", "is empty"),
-    (b"member_number,given_name,family_name,plan\nM-1,Andr\xe9,Latin1,small\n", "not UTF-8 (line 2"),
+    (b"member_number,given_name,family_name,plan\nM-1,Andr\xe9,Latin1,small\n",
+     "not UTF-8 (line 2"),
     (b"member_number,given_name,family_name,plan\nM-1,A\x00,B,small\n", "NUL"),
 ])
 def test_bad_files(with_plans: Coopctl, tmp_path: Path, content: str | bytes, text: str) -> None:

@@ -1,0 +1,108 @@
+"""Artifacts the controller fetches through the package registries' own clients.
+
+Hosts never download anything themselves: the controller fetches each artifact
+once into the artifacts directory (`$COOPCTL_ARTIFACTS_DIR`, default
+/var/cache/coopctl/artifacts) and the roles copy it to the hosts. One function
+per artifact; each is idempotent (an artifact already present and intact is not
+fetched again) and returns the artifact's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+DEFAULT_ARTIFACTS_DIR = "/var/cache/coopctl/artifacts"
+
+# Keycloak's server distribution on Maven Central. 26.x runs on OpenJDK 17
+# (Debian 12's JDK); checked by starting the zip's kc.sh on Java 17.
+KEYCLOAK_VERSION = "26.4.7"
+KEYCLOAK_GROUP = "org.keycloak"
+KEYCLOAK_ARTIFACT = "keycloak-quarkus-dist"
+# Pinned so that an old Maven's default plugin (2.8, no -Dartifact on copy)
+# is never used.
+MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact could not be fetched or failed its checksum."""
+
+
+def artifacts_dir() -> Path:
+    """The controller's artifact cache, created when missing."""
+    path = Path(os.environ.get("COOPCTL_ARTIFACTS_DIR") or DEFAULT_ARTIFACTS_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _maven_local_repo() -> Path:
+    return Path(os.environ.get("MAVEN_REPO_LOCAL") or Path.home() / ".m2" / "repository")
+
+
+def _maven_copy(group: str, artifact: str, version: str, packaging: str, dest: Path) -> Path:
+    """Fetch G:A:V:packaging with Maven into dest and return the file's path.
+
+    `--strict-checksums` makes Maven refuse a download whose SHA-1 does not
+    match the one the repository publishes; the published sum is kept next to
+    the artifact as `<file>.sha1` so later runs can check the cached file.
+    """
+    name = f"{artifact}-{version}.{packaging}"
+    coords = f"{group}:{artifact}:{version}:{packaging}"
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
+        cmd = [
+            "mvn", "-q", "-B", "--strict-checksums",
+            f"{MAVEN_DEPENDENCY_PLUGIN}:copy",
+            f"-Dartifact={coords}",
+            f"-DoutputDirectory={tmp}",
+        ]  # fmt: skip
+        result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
+        fetched = Path(tmp) / name
+        if result.returncode != 0 or not fetched.is_file():
+            raise ArtifactError(f"mvn could not fetch {coords}:\n{result.stdout}{result.stderr}")
+        # The SHA-1 Maven checked the download against, as the repository published it.
+        published = _maven_local_repo().joinpath(*group.split("."), artifact, version, name + ".sha1")
+        actual = _sha1(fetched)
+        if published.is_file():
+            expected = published.read_text().split()[0].strip().lower()
+            if expected != actual:
+                raise ArtifactError(f"{coords}: sha1 {actual} != published {expected}")
+        (Path(tmp) / (name + ".sha1")).write_text(actual + "\n")
+        target = dest / name
+        os.replace(fetched, target)
+        os.replace(Path(tmp) / (name + ".sha1"), dest / (name + ".sha1"))
+    return target
+
+
+def _present(path: Path) -> bool:
+    """True when path and its .sha1 exist and agree."""
+    sums = path.with_name(path.name + ".sha1")
+    if not (path.is_file() and sums.is_file()):
+        return False
+    return sums.read_text().split()[0].strip().lower() == _sha1(path)
+
+
+def fetch_keycloak(version: str = KEYCLOAK_VERSION) -> Path:
+    """Keycloak's server zip (keycloak-quarkus-dist) from Maven Central."""
+    if shutil.which("mvn") is None:
+        raise ArtifactError("mvn (Debian package maven) is needed to fetch Keycloak")
+    dest = artifacts_dir()
+    target = dest / f"{KEYCLOAK_ARTIFACT}-{version}.zip"
+    if _present(target):
+        return target
+    return _maven_copy(KEYCLOAK_GROUP, KEYCLOAK_ARTIFACT, version, "zip", dest)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m provisioner.artifacts
+    print(fetch_keycloak())
