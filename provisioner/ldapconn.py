@@ -17,9 +17,11 @@ from typing import Any
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
+from ldap3.core.results import RESULT_CODES as RESULT_NAMES
 from pyasn1.codec.ber import encoder
 from pyasn1.type import namedtype, univ
 
+from provisioner import ber
 from provisioner.config import DirectoryConfig
 from provisioner.errors import ConfigError, Conflict, CoopError, DirectoryUnavailable, NotFound
 
@@ -27,6 +29,7 @@ START_TXN = "1.3.6.1.1.21.1"
 TXN_SPEC = "1.3.6.1.1.21.2"
 END_TXN = "1.3.6.1.1.21.3"
 PASSWORD_MODIFY = "1.3.6.1.4.1.4203.1.11.1"
+BATCH = 500
 
 
 class _TxnEndRequest(univ.Sequence):
@@ -204,22 +207,47 @@ class Transaction:
                 "coopctl needs OpenLDAP 2.5 or later with the mdb backend",
             )
         txn_id = conn.result["responseValue"]
-        control = [(TXN_SPEC, True, txn_id)]
         try:
-            for op in self.ops:
-                if op.kind == "add":
-                    attrs = dict(op.detail)
-                    ok = conn.add(op.dn, attrs.pop("objectClass"), attrs, controls=control)
-                elif op.kind == "modify":
-                    ok = conn.modify(op.dn, op.detail, controls=control)
-                else:
-                    ok = conn.delete(op.dn, controls=control)
-                if not ok:
-                    raise result_error(conn, f"{op.kind} of {op.dn}")
+            self._send_all(conn, txn_id)
         except BaseException:
             self._end(conn, txn_id, commit=False)
             raise
         self._end(conn, txn_id, commit=True)
+
+    def _send_all(self, conn: ldap3.Connection, txn_id: bytes) -> None:
+        """Pipeline the operations in batches and check every answer.
+
+        The server only queues them until EndTxn, so their answers come back
+        at once; batches keep both sides' socket buffers from filling up.
+        """
+        spec = ber.control(TXN_SPEC, True, txn_id)
+        sock = conn.socket
+        reader = ber.MessageReader(sock)
+        for start in range(0, len(self.ops), BATCH):
+            batch = self.ops[start:start + BATCH]
+            ids: dict[int, _Op] = {}
+            payload = []
+            for op in batch:
+                message_id = conn.server.next_message_id()
+                ids[message_id] = op
+                if op.kind == "add":
+                    request = ber.add_request(op.dn, op.detail)
+                elif op.kind == "modify":
+                    request = ber.modify_request(op.dn, op.detail)
+                else:
+                    request = ber.delete_request(op.dn)
+                payload.append(ber.message(message_id, request, [spec]))
+            sock.sendall(b"".join(payload))
+            for _ in batch:
+                response = ber.parse_response(reader.read())
+                op = ids.get(response.message_id)
+                if response.result_code != 0:
+                    where = f"{op.kind} of {op.dn}" if op else "an operation"
+                    conn.result = {"result": response.result_code,
+                                   "description": RESULT_NAMES.get(response.result_code,
+                                                                   str(response.result_code)),
+                                   "message": response.diagnostic}
+                    raise result_error(conn, where)
 
     def _end(self, conn: ldap3.Connection, txn_id: bytes, commit: bool) -> None:
         request = _TxnEndRequest()
