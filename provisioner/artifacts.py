@@ -72,7 +72,9 @@ def _maven_copy(group: str, artifact: str, version: str, packaging: str, dest: P
         if result.returncode != 0 or not fetched.is_file():
             raise ArtifactError(f"mvn could not fetch {coords}:\n{result.stdout}{result.stderr}")
         # The SHA-1 Maven checked the download against, as the repository published it.
-        published = _maven_local_repo().joinpath(*group.split("."), artifact, version, name + ".sha1")
+        published = _maven_local_repo().joinpath(
+            *group.split("."), artifact, version, name + ".sha1"
+        )
         actual = _sha1(fetched)
         if published.is_file():
             expected = published.read_text().split()[0].strip().lower()

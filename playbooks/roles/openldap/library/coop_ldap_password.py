@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+# Role-local module of the openldap role: sets an entry's password only when a
+# bind with it fails. The password travels in the module arguments (never argv).
+"""Ansible module: coop_ldap_password."""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: coop_ldap_password
+short_description: Set an LDAP entry's password idempotently
+description:
+  - Tries a simple bind as C(dn) with C(password) over C(uri) (ldapi:/// by default). When the bind
+    succeeds nothing changes; otherwise the password is set with the password-modify extended
+    operation (RFC 3062) as the ldapi peercred identity (SASL EXTERNAL), so slapd hashes it.
+requirements: [python3-ldap]
+options:
+  dn: {description: DN of the entry., type: str}
+  password: {description: The password., type: str}
+  accounts:
+    description: Several entries at once, each a dict with dn and password.
+    type: list
+    elements: dict
+  uri: {description: The ldapi URI., type: str, default: "ldapi:///"}
+"""
+
+EXAMPLES = r"""
+- name: Password of a service account
+  coop_ldap_password:
+    dn: cn=mail,ou=services,dc=demo,dc=coop
+    password: "{{ secret }}"
+  no_log: true
+"""
+
+RETURN = r"""
+set_for: {description: DNs whose password was set., type: list, returned: always}
+"""
+
+
+def _binds(ldap, uri, dn, password):
+    conn = ldap.initialize(uri)
+    try:
+        conn.simple_bind_s(dn, password)
+        return True
+    except ldap.LDAPError:
+        return False
+    finally:
+        conn.unbind_s()
+
+
+def _ensure(module, ldap, uri, dn, password):
+    """True when the password had to be set."""
+    if _binds(ldap, uri, dn, password):
+        return False
+    if module.check_mode:
+        return True
+    try:
+        conn = ldap.initialize(uri)
+        conn.sasl_non_interactive_bind_s("EXTERNAL")
+        conn.passwd_s(dn, None, password)
+        conn.unbind_s()
+    except ldap.LDAPError as exc:
+        module.fail_json(msg="could not set the password of %s: %s" % (dn, exc))
+    if not _binds(ldap, uri, dn, password):
+        module.fail_json(msg="password of %s set but a bind with it still fails" % dn)
+    return True
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "dn": {"type": "str"},
+            "password": {"type": "str", "no_log": True},
+            "accounts": {"type": "list", "elements": "dict", "no_log": True},
+            "uri": {"type": "str", "default": "ldapi:///"},
+        },
+        required_one_of=[["dn", "accounts"]],
+        required_together=[["dn", "password"]],
+        mutually_exclusive=[["dn", "accounts"]],
+        supports_check_mode=True,
+    )
+    try:
+        import ldap  # pylint: disable=import-outside-toplevel
+        import ldap.sasl  # pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        module.fail_json(msg="python3-ldap is required on the managed host")
+    accounts = module.params["accounts"] or [{"dn": module.params["dn"], "password": module.params["password"]}]
+    changed = []
+    for account in accounts:
+        if _ensure(module, ldap, module.params["uri"], account["dn"], account["password"]):
+            changed.append(account["dn"])
+    module.exit_json(changed=bool(changed), set_for=changed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""What Ansible, testinfra and people need to reach a lab: key, ssh_config, inventory.
+
+The inventory follows docs/lab-contract.md (groups per service, root over SSH with the lab key).
+Host keys of throwaway hosts are not checked and never recorded. SSH control sockets live in
+``STATE/cp`` (set as ``ansible_control_path_dir`` too) so ``down`` can close every master
+connection before it halts the hosts, instead of leaving ssh processes behind for a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from provisioner.lab.commands import run
+from provisioner.lab.config import GROUPS, REPO_DIR, LabConfig
+
+SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+GROUP_VARS = REPO_DIR / "inventories" / "lab" / "group_vars"
+
+
+def ensure_ssh_key(cfg: LabConfig) -> str:
+    """The lab's ed25519 key pair (created once); returns the public key."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.ssh_key.exists():
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"coopctl-{cfg.name}",
+                "-f",
+                str(cfg.ssh_key),
+            ]
+        )
+    return cfg.ssh_key.with_suffix(".pub").read_text()
+
+
+def inventory_data(cfg: LabConfig) -> dict:
+    hostvars = {
+        h: {
+            "ansible_host": cfg.address(h),
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(cfg.ssh_key),
+            "ansible_ssh_common_args": SSH_OPTIONS,
+            "ansible_control_path_dir": str(cfg.control_dir),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_pipelining": True,
+            # Host vars win over the shared group_vars/all.yml, so a lab on another
+            # index gets its own proxy and state directory.
+            "coop_http_proxy": cfg.proxy_url,
+            "coop_lab_dir": str(cfg.state_dir),
+        }
+        for h in cfg.hosts
+    }
+    children = {
+        group: {"hosts": {host: None}} for group, host in GROUPS.items() if host in cfg.hosts
+    }
+    return {"all": {"hosts": hostvars, "children": children}}
+
+
+def write_inventory(cfg: LabConfig) -> Path:
+    """STATE/hosts.yml (+ STATE/group_vars -> the repo's), and the repo copy for the default lab."""
+    text = (
+        f"# Written by `coopctl lab up` for lab {cfg.name!r} (index {cfg.index}); "
+        "regenerated on every up.\n"
+        + yaml.safe_dump(inventory_data(cfg), sort_keys=False, default_flow_style=False)
+    )
+    cfg.control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cfg.inventory.write_text(text)
+    link = cfg.state_dir / "group_vars"
+    if GROUP_VARS.is_dir() and not link.exists():
+        link.symlink_to(GROUP_VARS)
+    if cfg.repo_inventory is not None:
+        cfg.repo_inventory.parent.mkdir(parents=True, exist_ok=True)
+        cfg.repo_inventory.write_text(text)
+    write_ssh_config(cfg)
+    return cfg.inventory
+
+
+def write_ssh_config(cfg: LabConfig) -> Path:
+    """An ssh_config for ``ssh -F STATE/ssh_config dir`` and for testinfra."""
+    blocks = []
+    for h in cfg.hosts:
+        blocks.append(
+            f"Host {h} {cfg.fqdn(h)} {cfg.address(h)}\n"
+            f"  HostName {cfg.address(h)}\n"
+            "  User root\n"
+            f"  IdentityFile {cfg.ssh_key}\n"
+            "  IdentitiesOnly yes\n"
+            "  StrictHostKeyChecking no\n"
+            "  UserKnownHostsFile /dev/null\n"
+            "  LogLevel ERROR\n"
+            "  ControlMaster auto\n"
+            f"  ControlPath {cfg.control_dir}/%C\n"
+            "  ControlPersist 60s\n"
+            "  ConnectTimeout 5\n"
+        )
+    cfg.ssh_config.write_text("\n".join(blocks))
+    return cfg.ssh_config
+
+
+def close_ssh_masters(cfg: LabConfig) -> None:
+    """Ask every SSH master in STATE/cp to exit (Ansible's and testinfra's)."""
+    if not cfg.control_dir.is_dir():
+        return
+    for sock in cfg.control_dir.iterdir():
+        if not sock.is_socket():
+            continue
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab-host"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+        with contextlib.suppress(OSError):
+            os.unlink(sock)
+
+
+def remove_inventory(cfg: LabConfig) -> None:
+    cfg.inventory.unlink(missing_ok=True)
+    if cfg.repo_inventory is not None:
+        cfg.repo_inventory.unlink(missing_ok=True)

@@ -1,0 +1,186 @@
+"""Deploying playbooks/site.yml with ansible-runner, with a compact live display.
+
+ansible-runner gives us every Ansible event as a dict while the play runs, so the display is one
+line per task result (``changed  dir  openldap : Install slapd``) instead of Ansible's verbose
+default, and the recap comes back as data: callers (the test fixture, the bench) assert on it,
+e.g. that a second run changed nothing. Ansible's own state (``ANSIBLE_HOME``, temp files, SSH
+control sockets) is kept in the lab's state directory so nothing lands in ``~/.ansible`` and
+``lab down`` can close every SSH master.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner.lab.config import REPO_DIR, LabError
+
+PLAYBOOK_DIR = REPO_DIR / "playbooks"
+RESULT_EVENTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+STAT_KEYS = {
+    "ok": "ok",
+    "changed": "changed",
+    "failures": "failed",
+    "dark": "unreachable",
+    "skipped": "skipped",
+    "rescued": "rescued",
+    "ignored": "ignored",
+}
+
+
+@dataclass
+class Recap:
+    """Per-host counts from Ansible's final stats, plus the run's outcome."""
+
+    hosts: dict[str, dict[str, int]] = field(default_factory=dict)
+    rc: int | None = None
+    status: str = ""
+    seconds: float = 0.0
+
+    def total(self, key: str) -> int:
+        return sum(counts.get(key, 0) for counts in self.hosts.values())
+
+    @property
+    def changed(self) -> int:
+        return self.total("changed")
+
+    @property
+    def failed(self) -> int:
+        return self.total("failed")
+
+    @property
+    def unreachable(self) -> int:
+        return self.total("unreachable")
+
+    def as_dict(self) -> dict:
+        return {
+            "hosts": self.hosts,
+            "changed": self.changed,
+            "failed": self.failed,
+            "unreachable": self.unreachable,
+            "rc": self.rc,
+            "status": self.status,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def ansible_env(lab_dir: Path) -> dict[str, str]:
+    """Environment for ansible-playbook: its state in the lab dir, our roles, no colours."""
+    home = lab_dir / "ansible"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    (lab_dir / "cp").mkdir(mode=0o700, exist_ok=True)
+    env = {
+        "ANSIBLE_HOME": str(home),
+        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(lab_dir / "cp"),
+        "ANSIBLE_ROLES_PATH": str(PLAYBOOK_DIR / "roles"),
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "COOPCTL_LAB_DIR": str(lab_dir),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
+    cfg = PLAYBOOK_DIR / "ansible.cfg"
+    if cfg.exists():
+        env["ANSIBLE_CONFIG"] = str(cfg)
+    if "COOPCTL_ARTIFACTS_DIR" in os.environ:
+        env["COOPCTL_ARTIFACTS_DIR"] = os.environ["COOPCTL_ARTIFACTS_DIR"]
+    return env
+
+
+class ProgressPrinter:
+    """Turns ansible-runner events into one short line each."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self.started = time.monotonic()
+
+    def __call__(self, event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        stamp = f"{time.monotonic() - self.started:6.1f}s"
+        if kind == "playbook_on_play_start":
+            self.echo(f"{stamp} PLAY {data.get('play', '')}")
+        elif kind in RESULT_EVENTS:
+            res = data.get("res") or {}
+            word = RESULT_EVENTS[kind]
+            if word == "ok" and res.get("changed"):
+                word = "changed"
+            line = f"{stamp}   {word:<11} {data.get('host', '?'):<6} {data.get('task', '')}"
+            if word in ("failed", "unreachable") and not data.get("ignore_errors"):
+                msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+                line += f"\n{'':17}{str(msg).strip()[:600]}"
+            elif word == "failed":
+                line += " (ignored)"
+            self.echo(line)
+        return True  # keep the event in ansible-runner's artifacts
+
+
+def deploy_playbook(
+    inventory: Path,
+    *,
+    lab_dir: Path,
+    check: bool = False,
+    limit: str | None = None,
+    tags: str | None = None,
+    playbook: str = "site.yml",
+    echo: Callable[[str], None] = print,
+    extravars: dict | None = None,
+) -> Recap:
+    """Run ``playbooks/PLAYBOOK`` against ``inventory``; print progress; return the recap."""
+    import ansible_runner  # imported here: the lab's other commands do not need it
+
+    path = Path(playbook) if Path(playbook).is_absolute() else PLAYBOOK_DIR / playbook
+    if not path.exists():
+        raise LabError(f"no playbook {path}")
+    if not Path(inventory).exists():
+        raise LabError(f"no inventory {inventory}: run `coopctl lab up` first or pass --inventory")
+    private = lab_dir / "runner"
+    private.mkdir(parents=True, exist_ok=True)
+    cmdline = "--check --diff" if check else None
+    started = time.monotonic()
+    echo(
+        f"deploying {path.relative_to(REPO_DIR) if path.is_relative_to(REPO_DIR) else path} "
+        f"to {inventory}" + (f" (limit {limit})" if limit else "") + (" --check" if check else "")
+    )
+    result = ansible_runner.run(
+        private_data_dir=str(private),
+        project_dir=str(PLAYBOOK_DIR),
+        playbook=str(path),
+        inventory=str(Path(inventory).resolve()),
+        envvars=ansible_env(lab_dir),
+        limit=limit,
+        tags=tags,
+        cmdline=cmdline,
+        extravars=extravars,
+        quiet=True,
+        event_handler=ProgressPrinter(echo),
+        rotate_artifacts=5,
+    )
+    recap = Recap(rc=result.rc, status=result.status, seconds=time.monotonic() - started)
+    for key, name in STAT_KEYS.items():
+        for host, count in ((result.stats or {}).get(key) or {}).items():
+            recap.hosts.setdefault(host, {v: 0 for v in STAT_KEYS.values()})[name] = count
+    for host in sorted(recap.hosts):
+        counts = recap.hosts[host]
+        echo(
+            f"RECAP {host:<6} ok={counts['ok']} changed={counts['changed']} "
+            f"failed={counts['failed']} unreachable={counts['unreachable']} "
+            f"skipped={counts['skipped']}"
+        )
+    if not recap.hosts and result.rc:
+        tail = "".join(result.stdout.readlines()[-15:]) if result.stdout else ""
+        echo(f"ansible-playbook failed before running any task (rc {result.rc}):\n{tail}")
+    echo(
+        f"deploy {result.status} in {recap.seconds:.1f} s: changed {recap.changed}, "
+        f"failed {recap.failed}, unreachable {recap.unreachable}"
+    )
+    return recap

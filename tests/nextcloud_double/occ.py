@@ -1,0 +1,169 @@
+"""``occ`` double: the ``occ user:*`` subset coopctl uses, on the double's store.
+
+Output and exit codes follow Nextcloud's commands: ``user:list``
+(``uid: display name``, or a JSON object with ``--output=json``),
+``user:info``, ``user:delete``, ``user:disable``, ``user:enable`` and
+``user:setting``. Unknown users: "User does not exist" (``user:info``:
+"user not found"), exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import DOUBLE_NAME
+from .server import OCSError, edit_user, quota_bytes
+from .store import DEFAULT_STORE, Store
+
+
+def _emit(data, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, separators=(",", ":")))
+    elif output == "json_pretty":
+        print(json.dumps(data, indent=4))
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                print(f"  - {key}:")
+                for k, v in value.items():
+                    print(f"    - {k}: {v}")
+            elif isinstance(value, list):
+                print(f"  - {key}:")
+                for v in value:
+                    print(f"    - {v}")
+            else:
+                shown = {True: "true", False: "false"}.get(value, value)
+                print(f"  - {key}: {shown}")
+
+
+def _info(user: dict) -> dict:
+    return {
+        "user_id": user["id"],
+        "display_name": user.get("displayname") or user["id"],
+        "email": user.get("email") or "",
+        "cloud_id": f"{user['id']}@localhost",
+        "enabled": bool(user["enabled"]),
+        "groups": list(user["groups"]),
+        "quota": user.get("quota") or "none",
+        "storage": {"free": 0, "used": 0, "total": 0, "relative": 0, "quota": quota_bytes(user)},
+        "last_seen": "1970-01-01T00:00:00+00:00",
+        "user_directory": f"/var/lib/nextcloud-double/data/{user['id']}",
+        "backend": "Database",
+    }
+
+
+def _settings(user: dict) -> dict:
+    settings = {app: dict(keys) for app, keys in user.get("settings", {}).items()}
+    settings.setdefault("settings", {})
+    if user.get("email"):
+        settings["settings"]["email"] = user["email"]
+    settings.setdefault("files", {})
+    if user.get("quota") and user["quota"] != "default":
+        settings["files"]["quota"] = user["quota"]
+    return {app: keys for app, keys in settings.items() if keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="occ-double",
+        description=f"{DOUBLE_NAME}: occ user:* of a Nextcloud CONTRACT DOUBLE (not Nextcloud)",
+    )
+    parser.add_argument("--store", default=os.environ.get("NEXTCLOUD_DOUBLE_STORE", DEFAULT_STORE))
+    parser.add_argument("--output", choices=("plain", "json", "json_pretty"), default="plain")
+    parser.add_argument("command")
+    parser.add_argument("args", nargs="*")
+    parser.add_argument("--delete", action="store_true", help="user:setting: delete the key")
+    parser.add_argument("--info", "-i", action="store_true", help="user:list: show details")
+    args = parser.parse_args(argv)
+    store = Store(args.store)
+    cmd, rest = args.command, args.args
+
+    if cmd == "user:list":
+        users = store.read()["users"]
+        data = {
+            uid: (_info(u) if args.info else (u.get("displayname") or uid))
+            for uid, u in sorted(users.items(), key=lambda kv: kv[0].lower())
+        }
+        _emit(data, args.output)
+        return 0
+
+    if (
+        cmd in ("user:info", "user:delete", "user:disable", "user:enable", "user:setting")
+        and not rest
+    ):
+        print('Not enough arguments (missing: "uid").', file=sys.stderr)
+        return 1
+
+    if cmd == "user:info":
+        user = store.read()["users"].get(rest[0])
+        if user is None:
+            print("user not found", file=sys.stderr)
+            return 1
+        _emit(_info(user), args.output)
+        return 0
+
+    if cmd in ("user:delete", "user:disable", "user:enable"):
+        with store.edit() as state:
+            user = state["users"].get(rest[0])
+            if user is None:
+                print("User does not exist", file=sys.stderr)
+                return 1
+            if cmd == "user:delete":
+                del state["users"][rest[0]]
+                print("The specified user was deleted")
+            else:
+                user["enabled"] = cmd == "user:enable"
+                print(f"The specified user is {'enabled' if user['enabled'] else 'disabled'}")
+        return 0
+
+    if cmd == "user:setting":
+        uid, app, key, value = [*rest, None, None, None][:4]
+        with store.edit() as state:
+            user = state["users"].get(uid)
+            if user is None:
+                print("User does not exist", file=sys.stderr)
+                return 1
+            if value is None and not args.delete:
+                settings = _settings(user)
+                if key is None:
+                    _emit(
+                        settings.get(app, {}) if app else settings,
+                        args.output if args.output != "plain" else "json_pretty",
+                    )
+                    return 0
+                if key not in settings.get(app or "", {}):
+                    print(f'The setting does not exist for user "{uid}".', file=sys.stderr)
+                    return 1
+                print(settings[app][key])
+                return 0
+            special = {
+                ("files", "quota"): "quota",
+                ("settings", "email"): "email",
+                ("core", "lang"): "language",
+            }
+            if args.delete:
+                if (app, key) == ("files", "quota"):
+                    user["quota"] = "default"
+                elif (app, key) == ("settings", "email"):
+                    user["email"] = None
+                else:
+                    user.get("settings", {}).get(app, {}).pop(key, None)
+                return 0
+            if (app, key) in special:
+                try:
+                    edit_user(state, uid, special[(app, key)], value)
+                except OCSError as e:
+                    print(f"Invalid value for {app}/{key} (OCS code {e.code})", file=sys.stderr)
+                    return 1
+            else:
+                user.setdefault("settings", {}).setdefault(app, {})[key] = value
+        return 0
+
+    print(
+        f'Command "{cmd}" is not defined in this occ double (a Nextcloud contract double).',
+        file=sys.stderr,
+    )
+    return 1
