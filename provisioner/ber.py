@@ -136,3 +136,79 @@ class MessageReader:
         self._need(end)
         data, self.buffer = self.buffer[:end], self.buffer[end:]
         return data
+
+
+# -- searches ------------------------------------------------------------------
+
+PAGED_RESULTS = "1.2.840.113556.1.4.319"
+SCOPES = {"BASE": 0, "LEVEL": 1, "SUBTREE": 2}
+
+
+def search_request(base: str, scope: str, ldap_filter: bytes, attributes: list[str]) -> bytes:
+    """SearchRequest with derefAliases never (syncprov refuses anything else)."""
+    body = (octets(base) + integer(SCOPES[scope], 0x0A) + integer(0, 0x0A)
+            + integer(0) + integer(0) + tlv(0x01, b"\x00") + ldap_filter
+            + tlv(0x30, b"".join(octets(a) for a in attributes)))
+    return tlv(0x63, body)
+
+
+def paged_control(size: int, cookie: bytes) -> bytes:
+    return control(PAGED_RESULTS, False, tlv(0x30, integer(size) + octets(cookie)))
+
+
+@dataclass
+class SearchPage:
+    entries: list[tuple[str, dict[str, list[bytes]]]]
+    result_code: int
+    diagnostic: str
+    cookie: bytes
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    items = []
+    pos = start
+    while pos < end:
+        tag, c_start, c_end = _read_tlv(data, pos)
+        items.append((tag, c_start, c_end))
+        pos = c_end
+    return items
+
+
+def parse_entry(data: bytes, start: int, end: int) -> tuple[str, dict[str, list[bytes]]]:
+    (_t, dn_s, dn_e), (_t2, attrs_s, attrs_e) = _children(data, start, end)[:2]
+    attributes: dict[str, list[bytes]] = {}
+    for _tag, a_start, a_end in _children(data, attrs_s, attrs_e):
+        (_n, n_s, n_e), (_v, v_s, v_e) = _children(data, a_start, a_end)[:2]
+        attributes[data[n_s:n_e].decode("utf-8")] = [
+            data[s:e] for _t3, s, e in _children(data, v_s, v_e)
+        ]
+    return data[dn_s:dn_e].decode("utf-8"), attributes
+
+
+def read_search_page(reader: MessageReader, message_id: int) -> SearchPage:
+    """Entries up to and including SearchResultDone, with the paging cookie."""
+    entries = []
+    while True:
+        data = reader.read()
+        _tag, start, end = _read_tlv(data, 0)
+        parts = _children(data, start, end)
+        got_id = int.from_bytes(data[parts[0][1]:parts[0][2]], "big", signed=True)
+        if got_id != message_id:
+            raise ConnectionError(f"unexpected answer to message {got_id}")
+        op_tag, op_start, op_end = parts[1]
+        if op_tag == 0x64:
+            entries.append(parse_entry(data, op_start, op_end))
+        elif op_tag == 0x65:
+            result = _children(data, op_start, op_end)
+            code = int.from_bytes(data[result[0][1]:result[0][2]], "big")
+            diagnostic = data[result[2][1]:result[2][2]].decode("utf-8", "replace")
+            cookie = b""
+            if len(parts) > 2 and parts[2][0] == 0xA0:
+                for _c, c_start, c_end in _children(data, parts[2][1], parts[2][2]):
+                    fields = _children(data, c_start, c_end)
+                    if data[fields[0][1]:fields[0][2]].decode() == PAGED_RESULTS:
+                        value = fields[-1]
+                        inner = _children(data, value[1], value[2])[0]
+                        cookie_field = _children(data, inner[1], inner[2])[1]
+                        cookie = data[cookie_field[1]:cookie_field[2]]
+            return SearchPage(entries, code, diagnostic, cookie)

@@ -253,7 +253,14 @@ class Transaction:
         request = _TxnEndRequest()
         request["commit"] = commit
         request["identifier"] = txn_id
-        ok = conn.extended(END_TXN, encoder.encode(request))
+        # The server applies every queued operation now: allow it time in
+        # proportion (mdb writes thousands of entries per second).
+        previous = conn.socket.gettimeout()
+        conn.socket.settimeout(max(previous or 0, 30 + len(self.ops) / 100))
+        try:
+            ok = conn.extended(END_TXN, encoder.encode(request))
+        finally:
+            conn.socket.settimeout(previous)
         if commit and not ok:
             error = result_error(conn, f"a change of {len(self.ops)} operations")
             error.message += "; the directory applied none of them"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-SYSTEM_SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
+SYSTEM_SCHEMAS = ("core", "cosine", "inetorgperson", "nis", "dyngroup")
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
 
@@ -96,7 +96,7 @@ cn: module{{0}}
 olcModulePath: /usr/lib/ldap
 olcModuleLoad: {{0}}back_mdb
 olcModuleLoad: {{1}}syncprov
-olcModuleLoad: {{2}}memberof
+olcModuleLoad: {{2}}dynlist
 olcModuleLoad: {{3}}refint
 
 dn: cn=schema,cn=config
@@ -125,7 +125,7 @@ olcRootDN: {admin}
 olcDbDirectory: {self.workdir / "data"}
 olcDbMaxSize: 1073741824
 {nosync}olcDbIndex: objectClass eq
-olcDbIndex: uid,mail,cn eq,sub
+olcDbIndex: uid,mail,cn eq
 olcDbIndex: member eq
 olcDbIndex: entryCSN,entryUUID eq
 olcLimits: dn.exact="{admin}" size=unlimited time=unlimited
@@ -139,14 +139,11 @@ olcOverlay: {{0}}syncprov
 olcSpCheckpoint: 100 10
 olcSpSessionLog: 1000
 
-dn: olcOverlay={{1}}memberof,olcDatabase={{1}}mdb,cn=config
+dn: olcOverlay={{1}}dynlist,olcDatabase={{1}}mdb,cn=config
 objectClass: olcOverlayConfig
-objectClass: olcMemberOf
-olcOverlay: {{1}}memberof
-olcMemberOfRefInt: TRUE
-olcMemberOfGroupOC: groupOfNames
-olcMemberOfMemberAD: member
-olcMemberOfMemberOfAD: memberOf
+objectClass: olcDynListConfig
+olcOverlay: {{1}}dynlist
+olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
 
 dn: olcOverlay={{2}}refint,olcDatabase={{1}}mdb,cn=config
 objectClass: olcOverlayConfig
