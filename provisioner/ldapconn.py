@@ -73,6 +73,14 @@ def _unreachable(cfg: DirectoryConfig, exc: Exception) -> CoopError:
     )
 
 
+def _close_quietly(conn: ldap3.Connection) -> None:
+    """Drop a connection that already failed; a second error would hide the first."""
+    try:
+        conn.unbind()
+    except (ldap_exc.LDAPException, OSError):
+        pass
+
+
 def connect(cfg: DirectoryConfig, check_base: bool = True) -> ldap3.Connection:
     """A bound connection as the coopctl service account."""
     server = _server(cfg.uri, cfg)
@@ -109,7 +117,7 @@ def connect(cfg: DirectoryConfig, check_base: bool = True) -> ldap3.Connection:
     except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSocketReceiveError,
             ldap_exc.LDAPStartTLSError, ldap_exc.LDAPSocketSendError, ssl.SSLError,
             OSError) as exc:
-        conn.unbind()
+        _close_quietly(conn)
         raise _unreachable(cfg, exc) from None
     if check_base:
         ok = conn.search(cfg.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["1.1"],

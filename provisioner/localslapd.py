@@ -57,6 +57,7 @@ class LocalDirectory:
     suffix: str = "dc=demo,dc=coop"
     port: int = 0
     durable: bool = True
+    tls_dir: Path | None = None  # holds ca.crt, server.crt, server.key: enables StartTLS
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -82,13 +83,18 @@ class LocalDirectory:
         )
         admin = peercred_dn()
         nosync = "" if self.durable else "olcDbNoSync: TRUE\n"
+        tls = ""
+        if self.tls_dir:
+            tls = (f"olcTLSCACertificateFile: {self.tls_dir / 'ca.crt'}\n"
+                   f"olcTLSCertificateFile: {self.tls_dir / 'server.crt'}\n"
+                   f"olcTLSCertificateKeyFile: {self.tls_dir / 'server.key'}\n")
         return f"""dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {self.pidfile}
 olcArgsFile: {self.workdir / "slapd.args"}
 olcLogLevel: none
-olcAuthzRegexp: {{0}}"{admin}" "{admin}"
+{tls}olcAuthzRegexp: {{0}}"{admin}" "{admin}"
 
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList

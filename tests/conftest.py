@@ -22,11 +22,21 @@ from provisioner.localslapd import LocalDirectory
 SUFFIX = "dc=demo,dc=coop"
 
 
+def make_pki(directory: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 (the lab's PKI code, reused)."""
+    from provisioner.lab.pki import ensure_ca, ensure_host_cert
+
+    ca, key = ensure_ca(directory, "test")
+    ensure_host_cert(directory, ca, key, "server", "localhost", "127.0.0.1")
+    return directory
+
+
 @pytest.fixture(scope="session")
 def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDirectory]:
     if not shutil.which("slapd") and not Path("/usr/sbin/slapd").exists():
         pytest.fail("slapd is not installed: run `bash .ci/setup` first")
-    server = LocalDirectory(tmp_path_factory.mktemp("slapd") / "server", suffix=SUFFIX)
+    server = LocalDirectory(tmp_path_factory.mktemp("slapd") / "server", suffix=SUFFIX,
+                            tls_dir=make_pki(tmp_path_factory.mktemp("pki")))
     server.build()
     server.start()
     yield server

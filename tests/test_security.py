@@ -12,8 +12,10 @@ import yaml
 from click.testing import CliRunner
 
 from provisioner.cli import cli
+from provisioner.cli.demo import write_local_config
 from provisioner.config import load
-from tests.conftest import SUFFIX, Coopctl
+from provisioner.localslapd import LocalDirectory
+from tests.conftest import SUFFIX, Coopctl, make_pki
 
 
 def coopctl_conn(c: Coopctl) -> ldap3.Connection:
@@ -131,8 +133,35 @@ def test_secret_from_the_environment(coopctl: Coopctl, tmp_path: Path,
     assert code == 5 and "COOPCTL_BIND_SECRET" in out
 
 
-def test_starttls_refused_by_a_server_without_tls(coopctl: Coopctl, tmp_path: Path) -> None:
-    code, out = run_with(variant(coopctl, tmp_path, tls="starttls"), "member", "list")
+def test_starttls_with_the_right_ca(coopctl: Coopctl, slapd: LocalDirectory,
+                                    tmp_path: Path) -> None:
+    assert slapd.tls_dir is not None
+    path = variant(coopctl, tmp_path, tls="starttls", ca_file=str(slapd.tls_dir / "ca.crt"))
+    code, out = run_with(path, "plan", "list")
+    assert code == 0, out
+
+
+def test_starttls_with_an_unknown_ca_is_refused(coopctl: Coopctl, tmp_path: Path) -> None:
+    other = make_pki(tmp_path / "other-pki")
+    path = variant(coopctl, tmp_path, tls="starttls", ca_file=str(other / "ca.crt"))
+    code, out = run_with(path, "plan", "list")
+    assert code == 6 and "TLS" in out and "ca_file" in out
+
+
+def test_starttls_refused_by_a_server_without_tls(tmp_path: Path) -> None:
+    plain = LocalDirectory(tmp_path / "plain")
+    plain.build()
+    plain.start()
+    try:
+        workdir = tmp_path / "cfg"
+        workdir.mkdir()
+        data = yaml.safe_load(write_local_config(workdir, plain).read_text())
+        data["directory"]["tls"] = "starttls"
+        path = workdir / "tls.yaml"
+        path.write_text(yaml.safe_dump(data))
+        code, out = run_with(path, "plan", "list")
+    finally:
+        plain.destroy()
     assert code == 6 and "starttls" in out.lower()
 
 
