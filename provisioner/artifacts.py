@@ -20,7 +20,7 @@ DEFAULT_ARTIFACTS_DIR = "/var/cache/coopctl/artifacts"
 
 # Keycloak's server distribution on Maven Central. 26.x runs on OpenJDK 17
 # (Debian 12's JDK); checked by starting the zip's kc.sh on Java 17.
-KEYCLOAK_VERSION = "26.4.7"
+KEYCLOAK_VERSION = "26.7.3"
 KEYCLOAK_GROUP = "org.keycloak"
 KEYCLOAK_ARTIFACT = "keycloak-quarkus-dist"
 # Pinned so that an old Maven's default plugin (2.8, no -Dartifact on copy)
@@ -104,6 +104,61 @@ def fetch_keycloak(version: str = KEYCLOAK_VERSION) -> Path:
     if _present(target):
         return target
     return _maven_copy(KEYCLOAK_GROUP, KEYCLOAK_ARTIFACT, version, "zip", dest)
+
+
+# Etherpad from npm (ep_etherpad-lite); 1.8.14 is the newest release published there and runs
+# on Debian 12's nodejs 18 (it needs node >= 12.13 and has no native modules).
+ETHERPAD_VERSION = "1.8.14"
+
+
+def fetch_etherpad(version: str = ETHERPAD_VERSION) -> Path:
+    """A tar.gz of a runnable Etherpad tree, built once with npm (about 3 minutes).
+
+    `npm install ep_etherpad-lite@VERSION` runs in a temporary directory; then
+    the layout Etherpad insists on: the package directory becomes `src` (its
+    base-path detection wants that name on Linux) and
+    `node_modules/ep_etherpad-lite` a symlink back to it. The tarball holds
+    the tree under `etherpad-VERSION/` (start it with
+    `node src/node/server.js`) and is reused when present.
+    """
+    if not version or "/" in version or version.startswith("."):
+        raise ValueError(f"bad Etherpad version: {version!r}")
+    dest = artifacts_dir()
+    target = dest / f"etherpad-{version}.tar.gz"
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ArtifactError("npm is needed on the controller to fetch Etherpad")
+    import tarfile
+
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-etherpad-") as tmp:
+        top = Path(tmp) / f"etherpad-{version}"
+        top.mkdir()
+        env = dict(
+            os.environ,
+            npm_config_update_notifier="false",
+            npm_config_fund="false",
+            npm_config_audit="false",
+        )
+        result = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--omit=dev", "--no-package-lock",
+             f"ep_etherpad-lite@{version}"],
+            cwd=top, env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        pkg = top / "node_modules" / "ep_etherpad-lite"
+        if result.returncode != 0 or not (pkg / "node" / "server.js").is_file():
+            raise ArtifactError(
+                f"npm could not install ep_etherpad-lite@{version}:\n{result.stdout}{result.stderr}"
+            )
+        pkg.rename(top / "src")
+        pkg.symlink_to(Path("..") / "src", target_is_directory=True)
+        (top / "var").mkdir(exist_ok=True)
+        partial = Path(tmp) / (target.name + ".part")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(top, arcname=top.name)
+        os.replace(partial, target)
+    return target
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m provisioner.artifacts

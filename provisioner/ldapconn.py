@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +75,8 @@ def _unreachable(cfg: DirectoryConfig, exc: Exception) -> CoopError:
 
 def _close_quietly(conn: ldap3.Connection) -> None:
     """Drop a connection that already failed; a second error would hide the first."""
-    try:
+    with suppress(ldap_exc.LDAPException, OSError):
         conn.unbind()
-    except (ldap_exc.LDAPException, OSError):
-        pass
 
 
 def connect(cfg: DirectoryConfig, check_base: bool = True) -> ldap3.Connection:

@@ -187,20 +187,8 @@ class Host:
         for kind in ("ed25519", "ecdsa"):
             key = root / f"etc/ssh/ssh_host_{kind}_key"
             if not key.exists():
-                run(
-                    [
-                        "ssh-keygen",
-                        "-q",
-                        "-t",
-                        kind,
-                        "-N",
-                        "",
-                        "-C",
-                        f"root@{self.name}",
-                        "-f",
-                        str(key),
-                    ]
-                )
+                comment = f"root@{self.name}"
+                run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", comment, "-f", str(key)])
         (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
         (root / "etc/ssh/sshd_config.d/coop-lab-hostkeys.conf").write_text(
             "# Written by coopctl lab: the host keys this lab host has.\n"

@@ -11,32 +11,38 @@ from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 module: coop_ldap_entry
-short_description: Keep LDAP entries (cn=config or data) in a wanted state over ldapi with SASL EXTERNAL
+short_description: Keep LDAP entries (cn=config or data) as wanted, over ldapi with SASL EXTERNAL
 description:
-  - Connects to the local slapd over ldapi:/// and authenticates with SASL EXTERNAL (the peercred
-    identity of root), so no LDAP password is involved.
-  - Adds a missing entry; on an existing entry replaces every listed attribute whose values differ
-    (C(mode=replace)) or adds only the missing values (C(mode=add)). objectClass values are only added.
-  - Values of X-ORDERED attributes carry a C({N}) prefix in cn=config; the module compares them with
-    the prefix stripped and in order, so a list without prefixes can be given.
-  - C(ldif) loads the entries of an LDIF file instead (e.g. a schema); a C(cn=NAME,cn=schema,cn=config)
-    entry matches the stored C(cn={N}NAME,cn=schema,cn=config).
+  - Connects to the local slapd over ldapi:/// and authenticates with SASL EXTERNAL (the
+    peercred identity of root), so no LDAP password is involved.
+  - Adds a missing entry; on an existing entry replaces every listed attribute whose values
+    differ (C(mode=replace)) or adds only the missing values (C(mode=add)). objectClass values
+    are only added.
+  - Values of X-ORDERED attributes carry a C({N}) prefix in cn=config; the module compares them
+    with the prefix stripped and in order, so a list without prefixes can be given.
+  - C(ldif) loads the entries of an LDIF file instead (e.g. a schema); a
+    C(cn=NAME,cn=schema,cn=config) entry matches the stored C(cn={N}NAME,cn=schema,cn=config).
 requirements: [python3-ldap]
 options:
   dn: {description: DN of the entry., type: str}
   attributes: {description: Attribute name to value or list of values., type: dict, default: {}}
   create_only:
-    description: Attributes set only when the entry is added (e.g. a first userPassword); never compared.
+    description: Attributes set only when the entry is added (a first userPassword); never compared.
     type: dict
     default: {}
-  ldif: {description: Path (on the managed host) of an LDIF file of entries to keep present., type: path}
+  ldif:
+    description: Path (on the managed host) of an LDIF file of entries to keep present.
+    type: path
   entries:
     description: Several entries at once, each a dict with dn, attributes and optional create_only.
     type: list
     elements: dict
   state: {description: present or absent., type: str, default: present, choices: [present, absent]}
-  mode: {description: replace (exact values) or add (only missing values)., type: str, default: replace,
-         choices: [replace, add]}
+  mode:
+    description: replace (exact values) or add (only missing values).
+    type: str
+    default: replace
+    choices: [replace, add]
   ordered:
     description: Attributes compared in order, the others as sets.
     type: list
@@ -58,8 +64,15 @@ changes: {description: What was (or would be) changed., type: list, returned: al
 
 PREFIX = re.compile(r"^\{-?\d+\}")
 DEFAULT_ORDERED = [
-    "olcaccess", "olclimits", "olcmoduleload", "olcattributetypes", "olcobjectclasses",
-    "olcobjectidentifier", "olcldapsyntaxes", "olcditcontentrules", "olcsyncrepl",
+    "olcaccess",
+    "olclimits",
+    "olcmoduleload",
+    "olcattributetypes",
+    "olcobjectclasses",
+    "olcobjectidentifier",
+    "olcldapsyntaxes",
+    "olcditcontentrules",
+    "olcsyncrepl",
     "olcauthzregexp",
 ]
 
@@ -102,7 +115,9 @@ def _schema_dn(conn, ldap, dn):
     if not m:
         return dn
     name = PREFIX.sub("", m.group(1))
-    for cdn, attrs in conn.search_s("cn=schema,cn=config", ldap.SCOPE_ONELEVEL, "(objectClass=*)", ["cn"]):
+    for cdn, attrs in conn.search_s(
+        "cn=schema,cn=config", ldap.SCOPE_ONELEVEL, "(objectClass=*)", ["cn"]
+    ):
         for cn in attrs.get("cn", []):
             if PREFIX.sub("", cn.decode("utf-8")).lower() == name.lower():
                 return cdn
@@ -180,8 +195,10 @@ def main():
         with open(module.params["ldif"], "rb") as fh:
             parser = ldifmod.LDIFRecordList(fh)
             parser.parse()
-        entries = [(dn, {k: [v.decode("utf-8") for v in vals] for k, vals in attrs.items()}, {})
-                   for dn, attrs in parser.all_records]
+        entries = [
+            (dn, {k: [v.decode("utf-8") for v in vals] for k, vals in attrs.items()}, {})
+            for dn, attrs in parser.all_records
+        ]
     elif module.params["entries"]:
         entries = []
         for item in module.params["entries"]:
@@ -189,22 +206,40 @@ def main():
             for vals in secret.values():
                 for val in vals:
                     module.no_log_values.add(val)
-            entries.append((item["dn"], {k: _as_list(v) for k, v in (item.get("attributes") or {}).items()},
-                            secret))
+            entries.append(
+                (
+                    item["dn"],
+                    {k: _as_list(v) for k, v in (item.get("attributes") or {}).items()},
+                    secret,
+                )
+            )
     else:
-        entries = [(module.params["dn"],
-                    {k: _as_list(v) for k, v in module.params["attributes"].items()},
-                    {k: _as_list(v) for k, v in module.params["create_only"].items()})]
+        entries = [
+            (
+                module.params["dn"],
+                {k: _as_list(v) for k, v in module.params["attributes"].items()},
+                {k: _as_list(v) for k, v in module.params["create_only"].items()},
+            )
+        ]
     try:
         conn = ldap.initialize(module.params["uri"])
         conn.sasl_non_interactive_bind_s("EXTERNAL")
         changes = []
         for dn, wanted, create_only in entries:
-            changes += ensure(module, conn, ldap, dn, wanted, module.params["state"],
-                              module.params["mode"], ordered, create_only)
+            changes += ensure(
+                module,
+                conn,
+                ldap,
+                dn,
+                wanted,
+                module.params["state"],
+                module.params["mode"],
+                ordered,
+                create_only,
+            )
         conn.unbind_s()
     except ldap.LDAPError as exc:
-        module.fail_json(msg="LDAP error: %s" % (exc,), changes=locals().get("changes", []))
+        module.fail_json(msg=f"LDAP error: {exc}", changes=locals().get("changes", []))
     module.exit_json(changed=bool(changes), changes=changes)
 
 

@@ -61,9 +61,9 @@ def _ensure(module, ldap, uri, dn, password):
         conn.passwd_s(dn, None, password)
         conn.unbind_s()
     except ldap.LDAPError as exc:
-        module.fail_json(msg="could not set the password of %s: %s" % (dn, exc))
+        module.fail_json(msg=f"could not set the password of {dn}: {exc}")
     if not _binds(ldap, uri, dn, password):
-        module.fail_json(msg="password of %s set but a bind with it still fails" % dn)
+        module.fail_json(msg=f"password of {dn} set but a bind with it still fails")
     return True
 
 
@@ -85,7 +85,9 @@ def main():
         import ldap.sasl  # pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
         module.fail_json(msg="python3-ldap is required on the managed host")
-    accounts = module.params["accounts"] or [{"dn": module.params["dn"], "password": module.params["password"]}]
+    accounts = module.params["accounts"] or [
+        {"dn": module.params["dn"], "password": module.params["password"]}
+    ]
     changed = []
     for account in accounts:
         if _ensure(module, ldap, module.params["uri"], account["dn"], account["password"]):
