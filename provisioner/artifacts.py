@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -97,6 +98,8 @@ def _present(path: Path) -> bool:
 
 def fetch_keycloak(version: str = KEYCLOAK_VERSION) -> Path:
     """Keycloak's server zip (keycloak-quarkus-dist) from Maven Central."""
+    if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version):
+        raise ValueError(f"bad Keycloak version: {version!r}")
     if shutil.which("mvn") is None:
         raise ArtifactError("mvn (Debian package maven) is needed to fetch Keycloak")
     dest = artifacts_dir()

@@ -1,0 +1,256 @@
+"""The sso role on the lab host `dir`: Keycloak federating members from the real OpenLDAP.
+
+Members are created in the directory as cn=coopctl (ldap3, StartTLS with the lab CA, password
+set with the password-modify extended operation). Logins are direct OIDC password grants with
+the lab-only client `coopctl-test` over HTTPS, verified with the lab CA. The federation does not
+import members, so a change in LDAP (suspension, a group) shows at the very next login.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import ssl
+from collections.abc import Iterator
+
+import ldap3
+import pytest
+import requests
+
+pytestmark = pytest.mark.lab
+
+BASE = "dc=demo,dc=coop"
+REALM = "demo"  # coop_name
+HOSTNAME = "dir.demo.coop"
+TEST_CLIENT = "coopctl-test"  # sso_test_client_id, enabled in group_vars/sso_servers.yml
+
+
+def coopctl(lab) -> ldap3.Connection:
+    tls = ldap3.Tls(ca_certs_file=str(lab.ca_file), validate=ssl.CERT_REQUIRED)
+    server = ldap3.Server(lab.addresses["dir"], port=389, tls=tls, connect_timeout=5)
+    conn = ldap3.Connection(
+        server,
+        user=f"cn=coopctl,ou=services,{BASE}",
+        password=lab.secret("ldap_coopctl"),
+        raise_exceptions=False,
+    )
+    conn.open()
+    assert conn.start_tls(), conn.result
+    assert conn.bind(), conn.result
+    return conn
+
+
+class Directory:
+    """Throwaway members and groups, removed afterwards."""
+
+    def __init__(self, conn: ldap3.Connection):
+        self.conn = conn
+        self.people: list[str] = []
+        self.groups: list[str] = []
+
+    def member(self, *, services=("sso",)) -> tuple[str, str, str]:
+        uid = f"ssotest{secrets.token_hex(3)}"
+        dn = f"uid={uid},ou=people,{BASE}"
+        password = secrets.token_urlsafe(18)
+        assert self.conn.add(
+            dn,
+            ["inetOrgPerson", "coopMember"],
+            {
+                "uid": uid,
+                "cn": f"Sso Test {uid}",
+                "givenName": "Sso",
+                "sn": f"Test {uid}",
+                "displayName": f"Sso Test {uid}",
+                "mail": f"{uid}@demo.coop",
+                "coopMemberStatus": "active",
+                "coopService": list(services),
+            },
+        ), self.conn.result
+        self.people.append(dn)
+        assert self.conn.extend.standard.modify_password(user=dn, new_password=password), (
+            self.conn.result
+        )
+        return uid, dn, password
+
+    def set_status(self, dn: str, status: str) -> None:
+        assert self.conn.modify(dn, {"coopMemberStatus": [(ldap3.MODIFY_REPLACE, [status])]}), (
+            self.conn.result
+        )
+
+    def group(self, *members: str) -> str:
+        name = f"ssogroup{secrets.token_hex(3)}"
+        gdn = f"cn={name},ou=groups,{BASE}"
+        assert self.conn.add(gdn, ["groupOfNames"], {"member": list(members)}), self.conn.result
+        self.groups.append(gdn)
+        return name
+
+    def cleanup(self) -> None:
+        for gdn in self.groups:
+            self.conn.delete(gdn)
+        for dn in self.people:
+            self.conn.delete(dn)
+        self.conn.unbind()
+
+
+@pytest.fixture
+def directory(lab) -> Iterator[Directory]:
+    d = Directory(coopctl(lab))
+    yield d
+    d.cleanup()
+
+
+def session(lab) -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False  # no proxies or CA bundles from the environment
+    s.verify = str(lab.ca_file)
+    return s
+
+
+def password_grant(lab, username: str, password: str) -> requests.Response:
+    """A direct OIDC password grant at the coop's realm, as a confidential client."""
+    return session(lab).post(
+        f"https://{lab.addresses['dir']}:8443/realms/{REALM}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": TEST_CLIENT,
+            "client_secret": lab.secret(f"oidc_{TEST_CLIENT}"),
+            "username": username,
+            "password": password,
+            "scope": "openid",
+        },
+        timeout=60,
+    )
+
+
+def claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_keycloak_runs_under_systemd_with_https_only(lab):
+    host = lab.host("dir")
+    service = host.service("keycloak")
+    assert service.is_running and service.is_enabled
+    assert host.socket("tcp://0.0.0.0:8443").is_listening
+    assert not host.socket("tcp://0.0.0.0:8080").is_listening
+    assert not host.socket("tcp://127.0.0.1:8080").is_listening
+    # Production mode from an optimized build, heap bounded.
+    cmdline = host.check_output("ps -o args= -C java")
+    assert "-Xmx512m" in cmdline, cmdline
+    assert cmdline.rstrip().endswith("start --optimized"), cmdline
+    # The bootstrap admin's password is readable by root only.
+    env = host.file("/etc/keycloak/bootstrap-admin.env")
+    assert env.mode == 0o600 and env.user == "root"
+
+
+def test_discovery_and_health_over_tls_with_the_lab_ca(lab):
+    s = session(lab)
+    r = s.get(
+        f"https://{lab.addresses['dir']}:8443/realms/{REALM}/.well-known/openid-configuration",
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["issuer"] == f"https://{HOSTNAME}:8443/realms/{REALM}"
+    health = s.get(f"https://{lab.addresses['dir']}:9000/health/ready", timeout=30)
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "UP"
+
+
+def test_active_member_gets_a_token_with_their_groups(lab, directory):
+    uid, dn, password = directory.member()
+    group = directory.group(dn)
+    r = password_grant(lab, uid, password)
+    assert r.status_code == 200, r.text
+    access = claims(r.json()["access_token"])
+    assert access["preferred_username"] == uid
+    assert access["iss"] == f"https://{HOSTNAME}:8443/realms/{REALM}"
+    assert group in access["groups"], access
+    ident = claims(r.json()["id_token"])
+    assert ident["email"] == f"{uid}@demo.coop"
+    assert ident["given_name"] == "Sso"
+    assert ident["family_name"] == f"Test {uid}"
+
+
+def test_wrong_password_is_refused(lab, directory):
+    uid, _, password = directory.member()
+    r = password_grant(lab, uid, password + "x")
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_grant"
+    # The right password still works afterwards.
+    assert password_grant(lab, uid, password).status_code == 200
+
+
+def test_suspension_takes_effect_at_the_next_login(lab, directory):
+    uid, dn, password = directory.member()
+    assert password_grant(lab, uid, password).status_code == 200
+    directory.set_status(dn, "suspended")
+    r = password_grant(lab, uid, password)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_grant"
+    directory.set_status(dn, "active")
+    assert password_grant(lab, uid, password).status_code == 200
+
+
+def test_member_without_the_sso_service_is_refused(lab, directory):
+    uid, _, password = directory.member(services=("mail", "wiki"))
+    r = password_grant(lab, uid, password)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_grant"
+
+
+def test_group_change_shows_at_the_next_login(lab, directory):
+    uid, dn, password = directory.member()
+    r = password_grant(lab, uid, password)
+    assert r.status_code == 200, r.text
+    before = claims(r.json()["access_token"]).get("groups", [])
+    group = directory.group(dn)
+    assert group not in before
+    r = password_grant(lab, uid, password)
+    assert r.status_code == 200, r.text
+    assert group in claims(r.json()["access_token"])["groups"]
+
+
+def test_every_service_has_a_confidential_client(lab):
+    """The OIDC clients exist with their secrets from the secrets dir (client credentials are
+    checked by the token endpoint: a wrong secret is refused, the right one is not)."""
+    s = session(lab)
+    url = f"https://{lab.addresses['dir']}:8443/realms/{REALM}/protocol/openid-connect/token"
+    for client in ("mail", "cloud", "wiki", "pads"):
+        secret = lab.secret(f"oidc_{client}")
+        wrong = s.post(
+            url,
+            data={
+                "grant_type": "password",
+                "client_id": client,
+                "client_secret": secret + "x",
+                "username": "nobody",
+                "password": "nothing",
+            },
+            timeout=30,
+        )
+        assert wrong.status_code == 401, (client, wrong.text)
+        assert "Invalid client" in wrong.json()["error_description"], (client, wrong.text)
+        # Right secret: the client is authenticated, but it may not use the password grant.
+        right = s.post(
+            url,
+            data={
+                "grant_type": "password",
+                "client_id": client,
+                "client_secret": secret,
+                "username": "nobody",
+                "password": "nothing",
+            },
+            timeout=30,
+        )
+        assert right.status_code == 400, (client, right.text)
+        assert "direct access grants" in right.json()["error_description"], (client, right.text)
+
+
+def test_second_run_of_the_role_changes_nothing(lab, tmp_path):
+    """The role compares before it writes: another run (after the session's deploy) is a no-op."""
+    playbook = tmp_path / "sso.yml"
+    playbook.write_text("- hosts: sso_servers\n  become: true\n  roles: [sso]\n")
+    recap = lab.deploy(playbook=str(playbook))
+    assert recap["rc"] == 0 and not recap["failed"], recap
+    assert recap["changed"] == 0, recap
