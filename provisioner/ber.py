@@ -118,23 +118,29 @@ class MessageReader:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = b""
+        self.buffer = bytearray()
+        self.pos = 0  # start of the unread part; compacted now and then, not per message
 
     def _need(self, n: int) -> None:
-        while len(self.buffer) < n:
-            chunk = self.sock.recv(65536)
+        while len(self.buffer) - self.pos < n:
+            chunk = self.sock.recv(262144)
             if not chunk:
                 raise ConnectionError("the directory closed the connection")
+            if self.pos > 1 << 20:
+                del self.buffer[: self.pos]
+                self.pos = 0
             self.buffer += chunk
 
     def read(self) -> bytes:
         self._need(2)
-        first = self.buffer[1]
+        first = self.buffer[self.pos + 1]
         header = 2 + (first & 0x7F if first >= 0x80 else 0)
         self._need(header)
-        _tag, _start, end = _read_tlv(self.buffer, 0)
-        self._need(end)
-        data, self.buffer = self.buffer[:end], self.buffer[end:]
+        length = first if first < 0x80 else int.from_bytes(
+            self.buffer[self.pos + 2:self.pos + header], "big")
+        self._need(header + length)
+        data = bytes(self.buffer[self.pos:self.pos + header + length])
+        self.pos += header + length
         return data
 
 
@@ -175,13 +181,22 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
 
 
 def parse_entry(data: bytes, start: int, end: int) -> tuple[str, dict[str, list[bytes]]]:
-    (_t, dn_s, dn_e), (_t2, attrs_s, attrs_e) = _children(data, start, end)[:2]
+    """DN and attributes of a SearchResultEntry; the hot loop of every listing."""
+    read = _read_tlv
+    _t, dn_s, dn_e = read(data, start)
+    _t, pos, attrs_end = read(data, dn_e)
     attributes: dict[str, list[bytes]] = {}
-    for _tag, a_start, a_end in _children(data, attrs_s, attrs_e):
-        (_n, n_s, n_e), (_v, v_s, v_e) = _children(data, a_start, a_end)[:2]
-        attributes[data[n_s:n_e].decode("utf-8")] = [
-            data[s:e] for _t3, s, e in _children(data, v_s, v_e)
-        ]
+    while pos < attrs_end:
+        _t, a_start, a_end = read(data, pos)
+        _t, n_s, n_e = read(data, a_start)
+        _t, v_pos, v_end = read(data, n_e)
+        values = []
+        while v_pos < v_end:
+            _t, s, e = read(data, v_pos)
+            values.append(data[s:e])
+            v_pos = e
+        attributes[data[n_s:n_e].decode("utf-8")] = values
+        pos = a_end
     return data[dn_s:dn_e].decode("utf-8"), attributes
 
 
