@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ldap3
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from provisioner.config import Config
 from provisioner.errors import CoopError
@@ -54,6 +53,8 @@ def _ldif_values(path: Path) -> tuple[dict[str, list[str]], str]:
 
 
 def render_acl(base_dn: str, admin_dn: str) -> list[str]:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
     env = Environment(loader=FileSystemLoader(SCHEMAS), undefined=StrictUndefined,
                       keep_trailing_newline=True)
     text = env.get_template("acl.j2").render(base_dn=base_dn, admin_dn=admin_dn)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from provisioner.errors import ConfigError
@@ -115,6 +114,8 @@ def _schema() -> dict[str, Any]:
 
 def parse(data: Any, source: Path | None = None) -> Config:
     """Build a Config from already-loaded YAML, or explain what is wrong."""
+    import jsonschema  # 100 ms of imports: only when a configuration is read
+
     where = f" in {source}" if source else ""
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from email_validator import EmailNotValidError, validate_email
-
 from provisioner.errors import InvalidInput
 
 SERVICES = ("mail", "cloud", "pads", "wiki", "sso")
@@ -97,6 +95,8 @@ def mail(value: str, what: str = "mail address") -> str:
     email-validator knows RFC 5321/5322 and IDNA far better than a regex would;
     deliverability checks are off because they would query DNS.
     """
+    from email_validator import EmailNotValidError, validate_email  # 45 ms: only when needed
+
     value = value.strip()
     if len(value) > MAX_MAIL:
         raise InvalidInput(f"the {what} {_describe(value)} is longer than {MAX_MAIL} characters")

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from provisioner import __version__
-from provisioner.bootstrap import initialise
 from provisioner.cli.common import State, emit, handle_errors, json_option, pass_state
 from provisioner.cli.demo import demo
 from provisioner.cli.group import group
@@ -37,6 +36,8 @@ def init(state: State, as_json: bool) -> None:
 
     Runs on the directory server itself, over its ldapi socket (directory.admin_uri).
     """
+    from provisioner.bootstrap import initialise
+
     report = initialise(state.config)
     emit(as_json, {"done": report.done},
          "\n".join(report.done) if report.done else "Nothing to do: the directory is ready.")

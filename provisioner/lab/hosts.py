@@ -204,6 +204,12 @@ class Host:
             f'Acquire::http::Proxy "{cfg.proxy_url}";\n'
             f'Acquire::https::Proxy "{cfg.proxy_url}";\n'
         )
+        # A lab host is thrown away: do not wait 90 s for a service that ignores SIGTERM.
+        (root / "etc/systemd/system.conf.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/systemd/system.conf.d/coop-lab.conf").write_text(
+            "# Written by coopctl lab: halt quickly (production keeps the defaults).\n"
+            "[Manager]\nDefaultTimeoutStopSec=10s\n"
+        )
         resolv = root / "etc/resolv.conf"
         if resolv.is_symlink():
             resolv.unlink()
@@ -264,15 +270,18 @@ class Host:
             os.kill(pid, signal.SIGTERM)
         return pid
 
-    def stop(self, timeout: float = 30, pid: int | None = None) -> None:
+    def stop(
+        self, timeout: float = 30, pid: int | None = None, deadline: float | None = None
+    ) -> None:
         """Halt and wait; a second SIGTERM (nspawn: kill) and SIGKILL only if it is stuck.
 
-        Pass ``pid`` from :meth:`halt` when the first SIGTERM was already sent.
+        Pass ``pid`` from :meth:`halt` when the first SIGTERM was already sent, and a shared
+        ``deadline`` (monotonic) when halting several hosts at once.
         """
         if pid is None:
             pid = self.halt()
         if pid is not None:
-            deadline = time.monotonic() + timeout
+            deadline = deadline if deadline is not None else time.monotonic() + timeout
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             for sig in (signal.SIGTERM, signal.SIGKILL):

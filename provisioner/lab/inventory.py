@@ -56,6 +56,8 @@ def inventory_data(cfg: LabConfig) -> dict:
             # Host vars win over the shared group_vars/all.yml, so a lab on another
             # index gets its own proxy and state directory.
             "coop_http_proxy": cfg.proxy_url,
+            # The controller as the lab hosts see it (e.g. for an API allow-list).
+            "coop_lab_bridge_ip": cfg.bridge_ip,
             "coop_lab_dir": str(cfg.state_dir),
         }
         for h in cfg.hosts

@@ -23,6 +23,7 @@ from provisioner.lab.hosts import Host, HostStatus
 
 INDEX_DIR = Path("/run/coopctl-lab")  # index -> state dir of the lab using it (tmpfs)
 SSH_WAIT = 90.0
+HALT_TIMEOUT = 30.0  # orderly halt of all hosts; then nspawn is told to kill
 
 Log = Callable[[str], None]
 
@@ -174,9 +175,10 @@ class Lab:
         inventory.close_ssh_masters(cfg)
         # Halt all hosts at once (one SIGTERM each), then wait for each.
         pids = {host.name: host.halt() for host in self.hosts}
+        deadline = time.monotonic() + HALT_TIMEOUT
         for host in self.hosts:
             if pids[host.name] is not None:
-                host.stop(pid=pids[host.name])
+                host.stop(pid=pids[host.name], deadline=deadline)
             host.release()
             network.delete_host_network(cfg, host.name)
             shutil.rmtree(host.dir, ignore_errors=True)
