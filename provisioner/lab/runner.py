@@ -124,6 +124,21 @@ class ProgressPrinter:
         return True  # keep the event in ansible-runner's artifacts
 
 
+def prepare_artifacts(echo: Callable[[str], None] = print) -> None:
+    """Fetch, on the controller, what the roles copy to the hosts (hosts never download them).
+
+    Each fetch goes through the registry's own client (Maven, npm) and is skipped when the
+    artifact is already in $COOPCTL_ARTIFACTS_DIR.
+    """
+    from provisioner.artifacts import fetch_etherpad, fetch_keycloak
+
+    started = time.monotonic()
+    for fetch in (fetch_keycloak, fetch_etherpad):
+        path = fetch()
+        echo(f"artifact ready: {path}")
+    echo(f"artifacts ready in {time.monotonic() - started:.1f} s")
+
+
 def deploy_playbook(
     inventory: Path,
     *,
@@ -143,6 +158,7 @@ def deploy_playbook(
         raise LabError(f"no playbook {path}")
     if not Path(inventory).exists():
         raise LabError(f"no inventory {inventory}: run `coopctl lab up` first or pass --inventory")
+    prepare_artifacts(echo)
     private = lab_dir / "runner"
     private.mkdir(parents=True, exist_ok=True)
     cmdline = "--check --diff" if check else None
