@@ -1,16 +1,19 @@
 """`coopctl demo`: a demo coop with sample members, provisioned and audited.
 
-It runs the same code paths a sysadmin uses (init, plan add, group add,
-member import, suspend, export), against a private slapd started for the
-occasion, and ends with a directory audit. Re-running it is safe: every step
-is idempotent, so the second run shows no changes.
+By default it brings up the local lab (three Debian hosts in systemd-nspawn,
+every service deployed by playbooks/site.yml), then runs the sysadmin's own
+commands against the lab's directory (plans, groups, a CSV import from the
+"ERP", a suspension, a quota change) and audits what the live services do
+with it. `--local` runs the directory part against a private slapd instead,
+for machines without systemd-nspawn. Re-running converges: nothing changes.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections import Counter
+import subprocess
+import time
 from pathlib import Path
 
 import click
@@ -21,6 +24,7 @@ from provisioner.localslapd import LocalDirectory
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLE = ROOT / "inventories" / "lab" / "demo-members.csv"
+SERVICES = ["mail", "sso", "cloud", "pads", "wiki"]
 
 
 def write_local_config(workdir: Path, directory: LocalDirectory) -> Path:
@@ -44,55 +48,123 @@ def write_local_config(workdir: Path, directory: LocalDirectory) -> Path:
     return path
 
 
+def write_lab_config(state_dir: Path, dir_address: str) -> Path:
+    """A coopctl config for the lab's directory: StartTLS with the lab CA, as cn=coopctl."""
+    config = {
+        "coop": "demo",
+        "directory": {
+            "uri": f"ldap://{dir_address}", "tls": "starttls",
+            "ca_file": str(state_dir / "pki" / "ca.crt"), "base_dn": "dc=demo,dc=coop",
+            "bind_dn": "cn=coopctl,ou=services,dc=demo,dc=coop",
+            "bind_secret_file": str(state_dir / "secrets" / "ldap_coopctl"),
+        },
+        "mail": {"domain": "demo.coop"},
+    }
+    path = state_dir / "coopctl.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def _step(title: str) -> None:
     click.secho(f"\n== {title}", bold=True)
 
 
-@click.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("/var/lib/coopctl/demo"), show_default=True,
-              help="Where the demo directory server keeps its data.")
-@click.option("--fresh", is_flag=True, help="Start from an empty directory.")
-@click.option("--stop", is_flag=True, help="Stop the demo directory server at the end.")
-@handle_errors
-def demo(workdir: Path, fresh: bool, stop: bool) -> None:
-    """Run a demo coop end to end: directory, plans, members, audit."""
-    from provisioner.cli import cli
+class Runner:
+    """Runs coopctl commands in this process, echoing them like a shell session."""
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    server = LocalDirectory(workdir / "slapd")
-    if fresh:
-        server.destroy()
-    server.start()
-    config = write_local_config(workdir, server)
-    click.echo(f"demo directory: {server.uri} (config {config})")
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
 
-    def run(*args: str) -> None:
-        click.secho("$ coopctl " + " ".join(args), fg="cyan")
+    def __call__(self, *args: str, quiet: bool = False) -> None:
+        from provisioner.cli import cli
+
+        prefix = ["--config", str(self.config)] if self.config else []
+        if not quiet:
+            click.secho("$ coopctl " + " ".join(args), fg="cyan")
         try:
-            cli.main(["--config", str(config), *args], prog_name="coopctl",
-                     standalone_mode=False)
+            cli.main([*prefix, *args], prog_name="coopctl", standalone_mode=False)
         except SystemExit as exc:
             if exc.code:
                 raise
-    _step("Initialise the directory (schema, access rules, tree)")
-    run("init")
+
+
+@click.command()
+@click.option("--local", is_flag=True,
+              help="Use a private slapd on this machine instead of the lab (no services).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("/var/lib/coopctl/demo"), show_default=True,
+              help="With --local: where the private directory keeps its data.")
+@click.option("--fresh", is_flag=True, help="With --local: start from an empty directory.")
+@click.option("--no-deploy", is_flag=True,
+              help="Use the lab's hosts as they are: boot them if needed, skip site.yml.")
+@click.option("--down", "take_down", is_flag=True,
+              help="Take the lab down (or stop the local server) at the end.")
+@handle_errors
+def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bool) -> None:
+    """Run a demo coop end to end: servers, plans, members, audit."""
+    lab_cfg = None
+    if local:
+        workdir.mkdir(parents=True, exist_ok=True)
+        server = LocalDirectory(workdir / "slapd")
+        if fresh:
+            server.destroy()
+        server.start()
+        config = write_local_config(workdir, server)
+        click.echo(f"demo directory: {server.uri} (config {config})")
+        run = Runner(config)
+        _step("Initialise the directory (schema, access rules, tree)")
+        run("init")
+    else:
+        from provisioner.lab.config import DEFAULT_HOSTS, LabConfig, default_state_dir
+
+        lab_cfg = LabConfig(name="lab", index=0, hosts=DEFAULT_HOSTS,
+                            state_dir=default_state_dir("lab"))
+        _step("The coop's servers: the local lab, deployed by playbooks/site.yml")
+        started = time.monotonic()
+        Runner(None)("lab", "up", *(["--no-deploy"] if no_deploy else []))
+        click.echo(f"lab up and deployed in {time.monotonic() - started:.0f} s")
+        config = write_lab_config(lab_cfg.state_dir, lab_cfg.address("dir"))
+        click.echo(f"coopctl talks to the lab's directory with {config}")
+        run = Runner(config)
+    _directory_steps(run, config, lab_cfg)
+    if take_down:
+        if local:
+            LocalDirectory(workdir / "slapd").stop()
+        else:
+            Runner(None)("lab", "down")
+
+
+def _directory_steps(run: Runner, config: Path, lab_cfg: object | None) -> None:
+    from provisioner.config import load
+    from provisioner.directory import Directory
+    from provisioner.ldapconn import connect
+
+    def lookup(kind: str, name: str) -> bool:
+        cfg = load(config)
+        conn = connect(cfg.directory)
+        try:
+            d = Directory(cfg, conn)
+            return (d.find_plan(name) if kind == "plan" else d.find_group(name)) is not None
+        finally:
+            conn.unbind()
+
     _step("Plans")
     for name, args in (
         ("small", ["--cloud-quota", "5 GB", "--mail-quota", "1 GB", "--price", "2.50"]),
         ("family", ["--cloud-quota", "50 GB", "--mail-quota", "5 GB", "--price", "6.00"]),
     ):
-        if not _exists(cli, config, "plan", name):
-            run("plan", "add", name, *args, "--service", "mail", "--service", "cloud",
-                "--service", "pads", "--service", "wiki", "--service", "sso")
+        if not lookup("plan", name):
+            run("plan", "add", name, *args, *[x for s in SERVICES for x in ("--service", s)])
     run("plan", "list")
     _step("Groups")
-    for name in ("board", "wiki-editors"):
-        if not _exists(cli, config, "group", name):
+    for name in ("board", "wiki-editors", "admins"):
+        if not lookup("group", name):
             run("group", "add", name)
+    run("group", "list")
     _step("Import the members from the ERP's CSV (dry run, then for real, then again)")
     run("member", "import", str(SAMPLE), "--dry-run")
-    run("member", "import", str(SAMPLE))
+    passwords = config.parent / f"initial-passwords-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    run("member", "import", str(SAMPLE), "--initial-passwords", str(passwords))
     run("member", "import", str(SAMPLE))
     _step("Suspend a member who stopped paying, give another a bigger mailbox")
     run("member", "suspend", "ines.benali")
@@ -100,28 +172,12 @@ def demo(workdir: Path, fresh: bool, stop: bool) -> None:
     run("member", "show", "jan.vanderberg")
     _step("Members")
     run("member", "list")
-    _step("Audit of the directory")
-    _audit(config)
-    if stop:
-        server.stop()
+    _step("Audit")
+    _audit(config, lab_cfg)
 
 
-def _exists(cli: click.Group, config: Path, kind: str, name: str) -> bool:
-    from provisioner.config import load
-    from provisioner.directory import Directory
-    from provisioner.ldapconn import connect
-
-    cfg = load(config)
-    conn = connect(cfg.directory)
-    try:
-        directory = Directory(cfg, conn)
-        found = directory.find_plan(name) if kind == "plan" else directory.find_group(name)
-    finally:
-        conn.unbind()
-    return found is not None
-
-
-def _audit(config_path: Path) -> None:
+def _audit(config_path: Path, lab_cfg: object | None) -> None:
+    from provisioner import audit
     from provisioner.config import load
     from provisioner.directory import Directory
     from provisioner.ldapconn import connect
@@ -134,12 +190,38 @@ def _audit(config_path: Path) -> None:
         plans = {p.name: p for p in directory.plans()}
     finally:
         conn.unbind()
-    by_status = Counter(m.status for m in members)
-    click.echo(f"members: {len(members)} ({', '.join(f'{k} {v}' for k, v in by_status.items())})")
-    revenue = sum(plans[m.plan].price_cents or 0 for m in members
-                  if m.status == "active" and m.plan in plans)
-    click.echo(f"monthly revenue of active members: {revenue // 100}.{revenue % 100:02d} EUR")
-    problems = [m.uid for m in members if m.status == "active" and not m.services]
-    click.echo(f"active members without any service: {len(problems)}")
-    overrides = [m.uid for m in members if m.quota_overrides]
-    click.echo(f"quotas set by hand: {', '.join(overrides) or 'none'}")
+    for line in audit.directory_summary(members, plans):
+        click.echo(line)
+    if lab_cfg is None:
+        return
+    state: Path = lab_cfg.state_dir  # type: ignore[attr-defined]
+    address = lab_cfg.address  # type: ignore[attr-defined]
+    report = audit.AuditReport()
+
+    def on_mail_host(command: str) -> str:
+        return subprocess.run(
+            ["ssh", "-F", str(state / "ssh_config"), "-i", str(state / "id_ed25519"),
+             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             f"root@{address('mail')}", command],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+
+    audit.audit_mail(report, members, on_mail_host)
+    audit.audit_sso(report, members, f"https://{address('dir')}:8443", "demo", "admin",
+                    (state / "secrets" / "keycloak_admin").read_text().strip(),
+                    state / "pki" / "ca.crt")
+    audit.audit_pads(report, f"https://{address('apps')}",
+                     (state / "secrets" / "etherpad_apikey").read_text().strip(),
+                     state / "pki" / "ca.crt", "pads.demo.coop")
+    click.echo("\nWho can log in where (observed on the live services; '!' = differs from "
+               "the directory):")
+    click.echo(report.matrix(members, ["mail", "sso"]))
+    for note in report.notes:
+        click.echo(note)
+    drift = report.drift()
+    click.echo(f"drift: {len(drift)} finding(s)" + "".join(
+        f"\n  {f.service}: {f.uid} expected {'access' if f.expected else 'no access'}"
+        for f in drift))
+    click.echo("cloud, wiki accounts: created at first login (wiki) or by `coopctl sync` "
+               "(cloud; not built yet)")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import ssl
 from collections.abc import Iterator
 
 import ldap3
 import pytest
 import requests
+
+from tests.lab.helpers import coopctl_connection
 
 pytestmark = pytest.mark.lab
 
@@ -27,18 +28,7 @@ TEST_CLIENT = "coopctl-test"  # sso_test_client_id, enabled in group_vars/sso_se
 
 
 def coopctl(lab) -> ldap3.Connection:
-    tls = ldap3.Tls(ca_certs_file=str(lab.ca_file), validate=ssl.CERT_REQUIRED)
-    server = ldap3.Server(lab.addresses["dir"], port=389, tls=tls, connect_timeout=5)
-    conn = ldap3.Connection(
-        server,
-        user=f"cn=coopctl,ou=services,{BASE}",
-        password=lab.secret("ldap_coopctl"),
-        raise_exceptions=False,
-    )
-    conn.open()
-    assert conn.start_tls(), conn.result
-    assert conn.bind(), conn.result
-    return conn
+    return coopctl_connection(lab)
 
 
 class Directory:
