@@ -10,6 +10,7 @@ admin API over the LDAP federation) and the pads API.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -76,16 +77,23 @@ def directory_summary(members: list[Member], plans: dict[str, Plan]) -> list[str
     ]
 
 
-def mail_accounts(run_on_mail_host: Callable[[str], str]) -> set[str]:
-    """Addresses Dovecot lists (its LDAP iterate filter: who may log in)."""
-    return {line.strip() for line in run_on_mail_host("doveadm user '*'").splitlines()
-            if "@" in line}
+def mail_logins(run_on_mail_host: Callable[[str], str], addresses: list[str]) -> set[str]:
+    """Addresses Dovecot's passdb accepts for login (one SSH round trip for all).
+
+    The userdb also knows suspended members (their mailbox is kept); the passdb, with its
+    LDAP filter on status and service, is what decides who may log in.
+    """
+    script = "; ".join(
+        f"doveadm auth lookup {shlex.quote(a)} >/dev/null 2>&1 && echo {shlex.quote(a)}"
+        for a in addresses
+    )
+    return {line.strip() for line in run_on_mail_host(script + "; true").splitlines()}
 
 
 def audit_mail(report: AuditReport, members: list[Member],
                run_on_mail_host: Callable[[str], str]) -> None:
     try:
-        known = mail_accounts(run_on_mail_host)
+        known = mail_logins(run_on_mail_host, [m.mail for m in members])
     except (OSError, subprocess.CalledProcessError) as exc:
         report.notes.append(f"mail: could not ask Dovecot ({exc})")
         known = None
@@ -98,24 +106,26 @@ def audit_sso(report: AuditReport, members: list[Member], base_url: str, realm: 
               admin_user: str, admin_password: str, ca_file: Path) -> None:
     """Keycloak resolves usernames through the LDAP federation and its filter."""
     session = requests.Session()
-    session.verify = str(ca_file)
+    # verify is passed per request: a session-wide value loses to $REQUESTS_CA_BUNDLE.
+    verify = str(ca_file)
     try:
         token = session.post(
             f"{base_url}/realms/master/protocol/openid-connect/token",
             data={"grant_type": "password", "client_id": "admin-cli",
                   "username": admin_user, "password": admin_password},
-            timeout=30,
+            timeout=30, verify=verify,
         )
         token.raise_for_status()
         session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
     except requests.RequestException as exc:
-        report.notes.append(f"sso: could not reach Keycloak's admin API ({type(exc).__name__})")
+        report.notes.append(f"sso: could not reach Keycloak's admin API ({exc})")
         for m in members:
             report.findings.append(Finding("sso", m.uid, expected_access(m, "sso"), None))
         return
     for m in members:
         found = session.get(f"{base_url}/admin/realms/{realm}/users",
-                            params={"username": m.uid, "exact": "true"}, timeout=30)
+                            params={"username": m.uid, "exact": "true"}, timeout=30,
+                            verify=verify)
         observed = found.ok and any(u.get("username") == m.uid for u in found.json())
         report.findings.append(Finding("sso", m.uid, expected_access(m, "sso"), observed))
 
