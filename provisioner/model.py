@@ -20,6 +20,7 @@ MEMBER_ATTRIBUTES = [
     "coopCloudQuota", "coopMailQuota", "coopQuotaOverride", "coopService",
     "coopMailAlias", "coopMailForward", "coopRecoveryMail",
 ]  # fmt: skip
+BRIEF_MEMBER_ATTRIBUTES = ["uid", "givenName", "sn", "coopMemberStatus", "coopPlan", "coopService"]
 PLAN_ATTRIBUTES = [
     "cn", "description", "coopCloudQuota", "coopMailQuota", "coopPriceCents",
     "coopCurrency", "coopService",

@@ -177,7 +177,8 @@ def member_show(state: State, uid: str, as_json: bool) -> None:
 def member_list(state: State, status: str | None, plan: str | None, group: str | None,
                 service: str | None, as_json: bool) -> None:
     """List members, filtered by status, plan, group or service."""
-    members = state.directory.members(status=status, plan=plan, service=service, group=group)
+    members = state.directory.members(status=status, plan=plan, service=service, group=group,
+                                      brief=not as_json)
     if as_json:
         emit(True, [m.to_dict() for m in members], "")
         return
