@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from provisioner.lab.commands import run
-from provisioner.lab.config import LabConfig
+from provisioner.lab.config import LabConfig, LabError
 
 NETNS_DIR = Path("/run/netns")
 
@@ -72,8 +72,12 @@ def delete_host_network(cfg: LabConfig, host: str) -> None:
     ns = cfg.netns(host)
     if netns_exists(ns):
         run(["ip", "netns", "del", ns])
+    # The kernel removes the veth's peer asynchronously after the namespace goes: a device
+    # seen a moment ago may be gone when we delete it, which is the outcome we want.
     if link_exists(cfg.veth(host)):
-        run(["ip", "link", "del", "dev", cfg.veth(host)])
+        result = run(["ip", "link", "del", "dev", cfg.veth(host)], check=False)
+        if result.returncode != 0 and link_exists(cfg.veth(host)):
+            raise LabError(f"cannot delete {cfg.veth(host)}: {result.stderr.strip()}")
 
 
 def routes(netns: str) -> list[str]:
