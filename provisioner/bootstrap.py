@@ -92,18 +92,19 @@ def _ensure_schema(admin: ldap3.Connection, report: InitReport) -> None:
         report.note(f"added {sum(map(len, mods.values()))} definitions to the coop schema")
 
 
-def _database_dn(admin: ldap3.Connection, base_dn: str) -> str:
+def _database(admin: ldap3.Connection, base_dn: str) -> tuple[str, dict]:
+    """DN and attributes (indexes, access rules, rootDN) of the database holding base_dn."""
     admin.search("cn=config", f"(olcSuffix={ldap3.utils.conv.escape_filter_chars(base_dn)})",
                  ldap3.LEVEL, attributes=["olcDbIndex", "olcAccess", "olcRootDN"])
     found = [e for e in admin.response or [] if e.get("type") == "searchResEntry"]
     if not found:
         raise CoopError(f"no database with suffix {base_dn} on this server",
                         "create it first (the openldap role does), or fix directory.base_dn")
-    return found[0]["dn"]
+    return found[0]["dn"], found[0]["attributes"]
 
 
-def _ensure_indexes(admin: ldap3.Connection, db_dn: str, report: InitReport) -> None:
-    entry = admin.response[0]["attributes"]
+def _ensure_indexes(admin: ldap3.Connection, db_dn: str, entry: dict,
+                    report: InitReport) -> None:
     have = {name.lower() for v in entry.get("olcDbIndex", []) for name in v.split()[0].split(",")}
     missing = [i for i in INDEXES if i.split()[0].lower() not in have]
     if missing and not admin.modify(db_dn, {"olcDbIndex": [(ldap3.MODIFY_ADD, missing)]}):
@@ -173,9 +174,8 @@ def initialise(config: Config) -> InitReport:
     admin = connect_admin(config.directory)
     try:
         _ensure_schema(admin, report)
-        db_dn = _database_dn(admin, config.directory.base_dn)
-        entry = admin.response[0]["attributes"]
-        _ensure_indexes(admin, db_dn, report)
+        db_dn, entry = _database(admin, config.directory.base_dn)
+        _ensure_indexes(admin, db_dn, entry, report)
         _ensure_acl(admin, db_dn, entry, config.directory.base_dn, report)
         _ensure_tree(admin, config, report)
         _ensure_service_password(admin, config, report)

@@ -196,6 +196,11 @@ class Directory:
                            "list members with `coopctl member list`")
         return member
 
+    def uids(self) -> set[str]:
+        """Every uid under people, member or not (one search)."""
+        return {raw["uid"][0].decode() for _dn, raw in
+                self._search(self.cfg.people_dn, "(uid=*)", ["uid"])}
+
     def uid_exists(self, uid: str) -> bool:
         """Any entry under people with this uid, member or not."""
         flt = f"(uid={escape_filter_chars(uid)})"

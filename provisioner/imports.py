@@ -173,7 +173,7 @@ def plan_import(directory: Directory, data: bytes, source: str) -> ImportResult:
     if errors:
         raise _report(source, errors)
 
-    taken = set(by_uid) | directory_uids(directory)
+    taken = set(by_uid) | directory.uids()
     pairs: list[tuple[MemberSpec, Member | None, str]] = []
     for spec in specs:
         old = by_uid.get(spec.uid) if spec.uid else by_number.get(spec.member_number or "")
@@ -214,12 +214,6 @@ def plan_import(directory: Directory, data: bytes, source: str) -> ImportResult:
         raise _report(source, errors)
     result.changes.finalize(groups)
     return result
-
-
-def directory_uids(directory: Directory) -> set[str]:
-    """Every uid under people, member or not (one search)."""
-    return {raw["uid"][0].decode() for _dn, raw in
-            directory._search(directory.cfg.people_dn, "(uid=*)", ["uid"])}
 
 
 def _report(source: str, errors: list[str]) -> InvalidInput:

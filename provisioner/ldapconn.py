@@ -10,8 +10,7 @@ check; the bind password never appears in any of them.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +27,6 @@ from provisioner.errors import ConfigError, Conflict, CoopError, DirectoryUnavai
 START_TXN = "1.3.6.1.1.21.1"
 TXN_SPEC = "1.3.6.1.1.21.2"
 END_TXN = "1.3.6.1.1.21.3"
-PASSWORD_MODIFY = "1.3.6.1.4.1.4203.1.11.1"
 BATCH = 500
 
 
@@ -271,14 +269,6 @@ class Transaction:
             error = result_error(conn, f"a change of {len(self.ops)} operations")
             error.message += "; the directory applied none of them"
             raise error
-
-
-@contextmanager
-def transaction(conn: ldap3.Connection) -> Iterator[Transaction]:
-    """`with transaction(conn) as tx: tx.add(...)` commits on a clean exit only."""
-    tx = Transaction()
-    yield tx
-    tx.commit(conn)
 
 
 def set_password(conn: ldap3.Connection, dn: str, password: str) -> None:

@@ -139,26 +139,26 @@ def _directory_steps(run: Runner, config: Path, lab_cfg: object | None) -> None:
     from provisioner.directory import Directory
     from provisioner.ldapconn import connect
 
-    def lookup(kind: str, name: str) -> bool:
-        cfg = load(config)
-        conn = connect(cfg.directory)
-        try:
-            d = Directory(cfg, conn)
-            return (d.find_plan(name) if kind == "plan" else d.find_group(name)) is not None
-        finally:
-            conn.unbind()
+    cfg = load(config)
+    conn = connect(cfg.directory)
+    try:
+        directory = Directory(cfg, conn)
+        plans = {p.name for p in directory.plans()}
+        groups = {g.name for g in directory.groups()}
+    finally:
+        conn.unbind()
 
     _step("Plans")
     for name, args in (
         ("small", ["--cloud-quota", "5 GB", "--mail-quota", "1 GB", "--price", "2.50"]),
         ("family", ["--cloud-quota", "50 GB", "--mail-quota", "5 GB", "--price", "6.00"]),
     ):
-        if not lookup("plan", name):
+        if name not in plans:
             run("plan", "add", name, *args, *[x for s in SERVICES for x in ("--service", s)])
     run("plan", "list")
     _step("Groups")
     for name in ("board", "wiki-editors", "admins"):
-        if not lookup("group", name):
+        if name not in groups:
             run("group", "add", name)
     run("group", "list")
     _step("Import the members from the ERP's CSV (dry run, then for real, then again)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from provisioner.cli.common import (
     State,
     apply_changes,
     emit,
+    generate_password,
     handle_errors,
     json_option,
     list_option,
@@ -224,7 +226,6 @@ def member_modify(state: State, uid: str, given_name: str | None, family_name: s
     """Change a member: name, plan, services, groups, addresses, quotas."""
     validate.uid(uid)
     old = state.directory.get_member(uid)
-    domain = state.config.mail_domain
     aliases = (set(old.aliases) | {validate.mail(a, "alias") for a in add_alias}) - {
         validate.mail(a, "alias") for a in remove_alias}
     forwards = (set(old.forwards) | {validate.mail(a, "forward") for a in add_forward}) - {
@@ -239,7 +240,6 @@ def member_modify(state: State, uid: str, given_name: str | None, family_name: s
         follow_plan_quotas=follow_plan_quotas, member_number=member_number,
         recovery_mail=recovery_mail,
     )
-    del domain
     cs, _new = _single_change(state, spec, uid)
     apply_changes(state, cs, dry_run, as_json)
 
@@ -263,7 +263,7 @@ def _status_command(name: str, status: str, doc: str) -> None:
             return
         if old.status not in allowed:
             raise InvalidInput(f"{uid} is {old.status}; cannot {name} from there")
-        new = Member(**{**old.__dict__})
+        new = replace(old)
         set_status(new, status)
         cs = ChangeSet(state.config.directory)
         add_to_changeset(cs, directory, old, new)
@@ -330,17 +330,11 @@ def member_import(state: State, csv_file: Path, dry_run: bool,
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write("uid,initial_password\n")
         for uid in result.new_uids:
-            password = _generate(state)
+            password = generate_password(max(16, state.config.min_password_length))
             set_password(state.directory.conn, state.directory.member_dn(uid), password)
             out.write(f"{uid},{password}\n")
     click.echo(f"One-time passwords of {len(result.new_uids)} new member(s) are in "
                f"{initial_passwords}; hand them out, then delete the file.", err=True)
-
-
-def _generate(state: State) -> str:
-    from provisioner.cli.common import generate_password
-
-    return generate_password(max(16, state.config.min_password_length))
 
 
 @member.command("export")
