@@ -11,6 +11,7 @@ control sockets) is kept in the lab's state directory so nothing lands in ``~/.a
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -161,6 +162,10 @@ def deploy_playbook(
     prepare_artifacts(echo)
     private = lab_dir / "runner"
     private.mkdir(parents=True, exist_ok=True)
+    # ansible-runner reads env/ (envvars, extravars, cmdline) before its arguments, and by
+    # default writes them there only when absent: a file left by an earlier run (say, with
+    # --check) would silently win over this run's own. Older coopctl left such files.
+    shutil.rmtree(private / "env", ignore_errors=True)
     cmdline = "--check --diff" if check else None
     started = time.monotonic()
     echo(
@@ -180,6 +185,7 @@ def deploy_playbook(
         quiet=True,
         event_handler=ProgressPrinter(echo),
         rotate_artifacts=5,
+        suppress_env_files=True,
     )
     recap = Recap(rc=result.rc, status=result.status, seconds=time.monotonic() - started)
     for key, name in STAT_KEYS.items():

@@ -1,0 +1,74 @@
+"""`coopctl deploy`'s runner: every run uses its own options, never those of an earlier run.
+
+ansible-runner keeps extravars, cmdline and envvars in files under its private data dir and
+reads those before its arguments; these tests run a real ansible-playbook (local connection,
+no lab needed) twice with different options and look at what the second run did.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provisioner.lab import runner
+
+PLAYBOOK = """
+- name: Write the word
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Write the word and the mode
+      ansible.builtin.copy:
+        content: "{{ word }} check={{ ansible_check_mode }}"
+        dest: "{{ out }}"
+        mode: "0600"
+"""
+
+
+@pytest.fixture
+def local_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """deploy_playbook against localhost; the artifacts (Keycloak, Etherpad) are not needed."""
+    monkeypatch.setattr(runner, "prepare_artifacts", lambda echo: None)
+    inventory = tmp_path / "hosts.yml"
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": local}}}))
+    playbook = tmp_path / "write.yml"
+    playbook.write_text(PLAYBOOK)
+    out = tmp_path / "out.txt"
+    lab_dir = tmp_path / "lab"
+
+    def deploy(word: str, *, check: bool = False) -> runner.Recap:
+        return runner.deploy_playbook(
+            inventory,
+            lab_dir=lab_dir,
+            playbook=str(playbook),
+            check=check,
+            extravars={"word": word, "out": str(out)},
+            echo=lambda line: None,
+        )
+
+    return deploy, out, lab_dir
+
+
+def test_a_check_run_does_not_stick_to_the_next_run(local_deploy) -> None:
+    deploy, out, _ = local_deploy
+    first = deploy("first", check=True)
+    assert first.rc == 0 and not out.exists()  # check mode wrote nothing
+    second = deploy("second")
+    assert second.rc == 0
+    assert out.read_text() == "second check=False"
+
+
+def test_option_files_left_by_an_older_coopctl_are_ignored(local_deploy) -> None:
+    deploy, out, lab_dir = local_deploy
+    env = lab_dir / "runner" / "env"
+    env.mkdir(parents=True)
+    (env / "cmdline").write_text("--check")
+    (env / "extravars").write_text(json.dumps({"word": "stale", "out": str(out)}))
+    recap = deploy("fresh")
+    assert recap.rc == 0 and recap.changed == 1
+    assert out.read_text() == "fresh check=False"
