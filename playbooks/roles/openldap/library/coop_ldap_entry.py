@@ -34,7 +34,9 @@ options:
     description: Path (on the managed host) of an LDIF file of entries to keep present.
     type: path
   entries:
-    description: Several entries at once, each a dict with dn, attributes and optional create_only.
+    description:
+      - Several entries at once, in order, each a dict with dn, attributes and optional
+        create_only, state and mode (which default to the module's own).
     type: list
     elements: dict
   state: {description: present or absent., type: str, default: present, choices: [present, absent]}
@@ -196,12 +198,15 @@ def main():
             parser = ldifmod.LDIFRecordList(fh)
             parser.parse()
         entries = [
-            (dn, {k: [v.decode("utf-8") for v in vals] for k, vals in attrs.items()}, {})
+            (dn, {k: [v.decode("utf-8") for v in vals] for k, vals in attrs.items()}, {}, {})
             for dn, attrs in parser.all_records
         ]
     elif module.params["entries"]:
         entries = []
         for item in module.params["entries"]:
+            for key, allowed in (("state", ("present", "absent")), ("mode", ("replace", "add"))):
+                if item.get(key) and item[key] not in allowed:
+                    module.fail_json(msg=f"{item.get('dn')}: {key} must be one of {allowed}")
             secret = {k: _as_list(v) for k, v in (item.get("create_only") or {}).items()}
             for vals in secret.values():
                 for val in vals:
@@ -211,6 +216,7 @@ def main():
                     item["dn"],
                     {k: _as_list(v) for k, v in (item.get("attributes") or {}).items()},
                     secret,
+                    {key: item[key] for key in ("state", "mode") if item.get(key)},
                 )
             )
     else:
@@ -219,21 +225,22 @@ def main():
                 module.params["dn"],
                 {k: _as_list(v) for k, v in module.params["attributes"].items()},
                 {k: _as_list(v) for k, v in module.params["create_only"].items()},
+                {},
             )
         ]
     try:
         conn = ldap.initialize(module.params["uri"])
         conn.sasl_non_interactive_bind_s("EXTERNAL")
         changes = []
-        for dn, wanted, create_only in entries:
+        for dn, wanted, create_only, own in entries:
             changes += ensure(
                 module,
                 conn,
                 ldap,
                 dn,
                 wanted,
-                module.params["state"],
-                module.params["mode"],
+                own.get("state", module.params["state"]),
+                own.get("mode", module.params["mode"]),
                 ordered,
                 create_only,
             )
