@@ -1,5 +1,8 @@
 """Artifacts the controller fetches through the package registries' own clients.
 
+(One artifact is built from this repository instead: the lab's Nextcloud contract double,
+packed as a single file so that the cloud role copies it in one step.)
+
 Hosts never download anything themselves: the controller fetches each artifact
 once into the artifacts directory (`$COOPCTL_ARTIFACTS_DIR`, default
 /var/cache/coopctl/artifacts) and the roles copy it to the hosts. One function
@@ -166,3 +169,45 @@ def fetch_etherpad(version: str = ETHERPAD_VERSION) -> Path:
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m provisioner.artifacts
     print(fetch_keycloak())
+
+
+# The lab's Nextcloud CONTRACT DOUBLE (tests/nextcloud_double), packed as a Python zip
+# application: one file to copy (a no-op deploy checks one checksum instead of five files).
+NEXTCLOUD_DOUBLE_SOURCE = Path(__file__).resolve().parent.parent / "tests" / "nextcloud_double"
+NEXTCLOUD_DOUBLE_MAIN = b"""# Nextcloud CONTRACT DOUBLE (not Nextcloud)
+import sys
+
+from nextcloud_double.__main__ import main
+
+sys.exit(main())
+"""
+
+
+def build_nextcloud_double(source: Path = NEXTCLOUD_DOUBLE_SOURCE) -> Path:
+    """nextcloud-double.pyz, byte-for-byte the same for the same sources.
+
+    Fixed timestamps and order make the archive reproducible, so Ansible's copy sees a change
+    (and restarts the double) only when the double's code changed.
+    """
+    import io
+    import zipfile
+
+    sources = sorted(source.glob("*.py"))
+    if not sources:
+        raise ArtifactError(f"no Python sources in {source}: is this a full checkout of coopctl?")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        members = [("__main__.py", NEXTCLOUD_DOUBLE_MAIN)]
+        members += [(f"nextcloud_double/{path.name}", path.read_bytes()) for path in sources]
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    target = artifacts_dir() / "nextcloud-double.pyz"
+    if not (target.is_file() and target.read_bytes() == buffer.getvalue()):
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(buffer.getvalue())
+        partial.replace(target)
+    return target
+

@@ -131,10 +131,10 @@ def prepare_artifacts(echo: Callable[[str], None] = print) -> None:
     Each fetch goes through the registry's own client (Maven, npm) and is skipped when the
     artifact is already in $COOPCTL_ARTIFACTS_DIR.
     """
-    from provisioner.artifacts import fetch_etherpad, fetch_keycloak
+    from provisioner.artifacts import build_nextcloud_double, fetch_etherpad, fetch_keycloak
 
     started = time.monotonic()
-    for fetch in (fetch_keycloak, fetch_etherpad):
+    for fetch in (fetch_keycloak, fetch_etherpad, build_nextcloud_double):
         path = fetch()
         echo(f"artifact ready: {path}")
     echo(f"artifacts ready in {time.monotonic() - started:.1f} s")
