@@ -23,7 +23,7 @@ from provisioner.lab.config import IMAGE_CACHE_DIR
 
 SUITE = "bookworm"
 # Bump when the recipe below changes: a new directory is built, old ones can be deleted.
-IMAGE_VERSION = 1
+IMAGE_VERSION = 2
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -117,8 +117,13 @@ def _prepare(root: Path, src: DebianSources) -> None:
     (root / "etc/apt/sources.list.d/debian.sources").write_text(sources_deb822(src))
     shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
     (root / "var/cache/apt/archives/partial").mkdir(parents=True)
-    for lists in (root / "var/lib/apt/lists").glob("*_*"):
+    lists_dir = root / "var/lib/apt/lists"
+    for lists in lists_dir.glob("*_*"):
         lists.unlink()
+    # apt's freshness check (Ansible's cache_valid_time) trusts the mtime of the lists
+    # directory, which debootstrap just touched: date it to 1970 so that the first apt task
+    # on a new host downloads the lists it lacks.
+    os.utime(lists_dir, (0, 0))
     for unit in MASKED_UNITS:
         link = root / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
