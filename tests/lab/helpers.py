@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import ssl
 
 import ldap3
@@ -23,3 +24,77 @@ def coopctl_connection(lab) -> ldap3.Connection:
     assert conn.start_tls(), conn.result
     assert conn.bind(), conn.result
     return conn
+
+
+class ThrowawayDirectory:
+    """Members and groups a test creates in the lab directory, removed after the test.
+
+    Members are written as coopctl writes them (inetOrgPerson + coopMember, the password
+    set with the password-modify extended operation), under a random uid with ``prefix``.
+    """
+
+    def __init__(self, conn: ldap3.Connection, *, prefix: str, services: tuple[str, ...]):
+        self.conn = conn
+        self.prefix = prefix
+        self.services = services
+        self.people: list[str] = []
+        self.groups: list[str] = []
+        self.memberships: list[tuple[str, str]] = []
+
+    def member(
+        self, *, status: str = "active", services: tuple[str, ...] | None = None
+    ) -> tuple[str, str, str]:
+        """A new member: (uid, dn, password)."""
+        uid = f"{self.prefix}{secrets.token_hex(3)}"
+        dn = f"uid={uid},ou=people,{BASE}"
+        password = secrets.token_urlsafe(18)
+        given, family = self.prefix.capitalize(), f"Test {uid}"
+        attributes = {
+            "uid": uid,
+            "cn": f"{given} {family}",
+            "givenName": given,
+            "sn": family,
+            "displayName": f"{given} {family}",
+            "mail": f"{uid}@demo.coop",
+            "coopMemberStatus": "active",
+            "coopService": list(self.services if services is None else services),
+        }
+        assert self.conn.add(dn, ["inetOrgPerson", "coopMember"], attributes), self.conn.result
+        self.people.append(dn)
+        assert self.conn.extend.standard.modify_password(user=dn, new_password=password), (
+            self.conn.result
+        )
+        if status != "active":
+            self.set_status(dn, status)
+        return uid, dn, password
+
+    def set_status(self, dn: str, status: str) -> None:
+        change = {"coopMemberStatus": [(ldap3.MODIFY_REPLACE, [status])]}
+        assert self.conn.modify(dn, change), self.conn.result
+
+    def group(self, *members: str) -> str:
+        """A new group of these members; returns its cn."""
+        name = f"{self.prefix}group{secrets.token_hex(3)}"
+        gdn = f"cn={name},ou=groups,{BASE}"
+        assert self.conn.add(gdn, ["groupOfNames"], {"member": list(members)}), self.conn.result
+        self.groups.append(gdn)
+        return name
+
+    def add_to_group(self, group: str, dn: str) -> None:
+        """Put a member in the group ``group`` (cn), creating the group if it is missing."""
+        gdn = f"cn={group},ou=groups,{BASE}"
+        if self.conn.search(gdn, "(objectClass=groupOfNames)", ldap3.BASE):
+            assert self.conn.modify(gdn, {"member": [(ldap3.MODIFY_ADD, [dn])]}), self.conn.result
+            self.memberships.append((gdn, dn))
+        else:
+            assert self.conn.add(gdn, ["groupOfNames"], {"member": [dn]}), self.conn.result
+            self.groups.append(gdn)
+
+    def cleanup(self) -> None:
+        for gdn, dn in self.memberships:
+            self.conn.modify(gdn, {"member": [(ldap3.MODIFY_DELETE, [dn])]})
+        for gdn in self.groups:
+            self.conn.delete(gdn)
+        for dn in self.people:
+            self.conn.delete(dn)
+        self.conn.unbind()

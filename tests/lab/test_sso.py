@@ -10,82 +10,23 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from collections.abc import Iterator
 
-import ldap3
 import pytest
 import requests
 
-from tests.lab.helpers import coopctl_connection
+from tests.lab.helpers import ThrowawayDirectory, coopctl_connection
 
 pytestmark = pytest.mark.lab
 
-BASE = "dc=demo,dc=coop"
 REALM = "demo"  # coop_name
 HOSTNAME = "dir.demo.coop"
 TEST_CLIENT = "coopctl-test"  # sso_test_client_id, enabled in group_vars/sso_servers.yml
 
 
-def coopctl(lab) -> ldap3.Connection:
-    return coopctl_connection(lab)
-
-
-class Directory:
-    """Throwaway members and groups, removed afterwards."""
-
-    def __init__(self, conn: ldap3.Connection):
-        self.conn = conn
-        self.people: list[str] = []
-        self.groups: list[str] = []
-
-    def member(self, *, services=("sso",)) -> tuple[str, str, str]:
-        uid = f"ssotest{secrets.token_hex(3)}"
-        dn = f"uid={uid},ou=people,{BASE}"
-        password = secrets.token_urlsafe(18)
-        assert self.conn.add(
-            dn,
-            ["inetOrgPerson", "coopMember"],
-            {
-                "uid": uid,
-                "cn": f"Sso Test {uid}",
-                "givenName": "Sso",
-                "sn": f"Test {uid}",
-                "displayName": f"Sso Test {uid}",
-                "mail": f"{uid}@demo.coop",
-                "coopMemberStatus": "active",
-                "coopService": list(services),
-            },
-        ), self.conn.result
-        self.people.append(dn)
-        assert self.conn.extend.standard.modify_password(user=dn, new_password=password), (
-            self.conn.result
-        )
-        return uid, dn, password
-
-    def set_status(self, dn: str, status: str) -> None:
-        assert self.conn.modify(dn, {"coopMemberStatus": [(ldap3.MODIFY_REPLACE, [status])]}), (
-            self.conn.result
-        )
-
-    def group(self, *members: str) -> str:
-        name = f"ssogroup{secrets.token_hex(3)}"
-        gdn = f"cn={name},ou=groups,{BASE}"
-        assert self.conn.add(gdn, ["groupOfNames"], {"member": list(members)}), self.conn.result
-        self.groups.append(gdn)
-        return name
-
-    def cleanup(self) -> None:
-        for gdn in self.groups:
-            self.conn.delete(gdn)
-        for dn in self.people:
-            self.conn.delete(dn)
-        self.conn.unbind()
-
-
 @pytest.fixture
-def directory(lab) -> Iterator[Directory]:
-    d = Directory(coopctl(lab))
+def directory(lab) -> Iterator[ThrowawayDirectory]:
+    d = ThrowawayDirectory(coopctl_connection(lab), prefix="ssotest", services=("sso",))
     yield d
     d.cleanup()
 

@@ -9,83 +9,24 @@ not the virtual hosts, so requests go to the IP with the virtual host in the Hos
 from __future__ import annotations
 
 import re
-import secrets
 import xmlrpc.client
 from collections.abc import Iterator
 
-import ldap3
 import pytest
 import requests
 
-from tests.lab.helpers import coopctl_connection
+from tests.lab.helpers import ThrowawayDirectory, coopctl_connection
 
 pytestmark = pytest.mark.lab
 
-BASE = "dc=demo,dc=coop"
 VHOST = "wiki.demo.coop"
 ADMIN_GROUP = "admins"  # wiki_admin_group
 REMOTE_GROUP = "remoteuser"  # wiki_remote_group
 
 
-def coopctl(lab) -> ldap3.Connection:
-    return coopctl_connection(lab)
-
-
-class Directory:
-    """Throwaway members and group memberships, removed afterwards."""
-
-    def __init__(self, conn: ldap3.Connection):
-        self.conn = conn
-        self.people: list[str] = []
-        self.memberships: list[tuple[str, str]] = []
-        self.groups: list[str] = []
-
-    def member(self, *, status: str = "active", services=("wiki",)) -> tuple[str, str, str]:
-        uid = f"wikitest{secrets.token_hex(3)}"
-        dn = f"uid={uid},ou=people,{BASE}"
-        password = secrets.token_urlsafe(18)
-        assert self.conn.add(
-            dn,
-            ["inetOrgPerson", "coopMember"],
-            {
-                "uid": uid,
-                "cn": f"Wiki Test {uid}",
-                "sn": "Test",
-                "mail": f"{uid}@demo.coop",
-                "coopMemberStatus": "active",
-                "coopService": list(services),
-            },
-        ), self.conn.result
-        self.people.append(dn)
-        assert self.conn.extend.standard.modify_password(user=dn, new_password=password), (
-            self.conn.result
-        )
-        if status != "active":
-            assert self.conn.modify(dn, {"coopMemberStatus": [(ldap3.MODIFY_REPLACE, [status])]})
-        return uid, dn, password
-
-    def add_to_group(self, group: str, dn: str) -> None:
-        gdn = f"cn={group},ou=groups,{BASE}"
-        if self.conn.search(gdn, "(objectClass=groupOfNames)", ldap3.BASE):
-            assert self.conn.modify(gdn, {"member": [(ldap3.MODIFY_ADD, [dn])]}), self.conn.result
-            self.memberships.append((gdn, dn))
-        else:
-            assert self.conn.add(gdn, ["groupOfNames"], {"member": [dn]}), self.conn.result
-            self.groups.append(gdn)
-
-    def cleanup(self) -> None:
-        for gdn, dn in self.memberships:
-            self.conn.modify(gdn, {"member": [(ldap3.MODIFY_DELETE, [dn])]})
-        for gdn in self.groups:
-            self.conn.delete(gdn)
-        for dn in self.people:
-            self.conn.delete(dn)
-        self.conn.unbind()
-
-
 @pytest.fixture
-def directory(lab) -> Iterator[Directory]:
-    d = Directory(coopctl(lab))
+def directory(lab) -> Iterator[ThrowawayDirectory]:
+    d = ThrowawayDirectory(coopctl_connection(lab), prefix="wikitest", services=("wiki",))
     yield d
     d.cleanup()
 
