@@ -30,12 +30,16 @@ class ThrowawayDirectory:
     """Members and groups a test creates in the lab directory, removed after the test.
 
     Members are written as coopctl writes them (inetOrgPerson + coopMember, the password
-    set with the password-modify extended operation), under a random uid with ``prefix``.
+    set with the password-modify extended operation), named ``given_name`` "Test <uid>", under
+    a random uid starting with ``prefix``.
     """
 
-    def __init__(self, conn: ldap3.Connection, *, prefix: str, services: tuple[str, ...]):
+    def __init__(
+        self, conn: ldap3.Connection, *, prefix: str, given_name: str, services: tuple[str, ...]
+    ):
         self.conn = conn
         self.prefix = prefix
+        self.given_name = given_name
         self.services = services
         self.people: list[str] = []
         self.groups: list[str] = []
@@ -48,7 +52,7 @@ class ThrowawayDirectory:
         uid = f"{self.prefix}{secrets.token_hex(3)}"
         dn = f"uid={uid},ou=people,{BASE}"
         password = secrets.token_urlsafe(18)
-        given, family = self.prefix.capitalize(), f"Test {uid}"
+        given, family = self.given_name, f"Test {uid}"
         attributes = {
             "uid": uid,
             "cn": f"{given} {family}",

@@ -26,7 +26,9 @@ TEST_CLIENT = "coopctl-test"  # sso_test_client_id, enabled in group_vars/sso_se
 
 @pytest.fixture
 def directory(lab) -> Iterator[ThrowawayDirectory]:
-    d = ThrowawayDirectory(coopctl_connection(lab), prefix="ssotest", services=("sso",))
+    d = ThrowawayDirectory(
+        coopctl_connection(lab), prefix="ssotest", given_name="Sso", services=("sso",)
+    )
     yield d
     d.cleanup()
 

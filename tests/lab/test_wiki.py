@@ -26,7 +26,9 @@ REMOTE_GROUP = "remoteuser"  # wiki_remote_group
 
 @pytest.fixture
 def directory(lab) -> Iterator[ThrowawayDirectory]:
-    d = ThrowawayDirectory(coopctl_connection(lab), prefix="wikitest", services=("wiki",))
+    d = ThrowawayDirectory(
+        coopctl_connection(lab), prefix="wikitest", given_name="Wiki", services=("wiki",)
+    )
     yield d
     d.cleanup()
 
