@@ -4,6 +4,7 @@ Runs on a lab of its own (default name ``labbench``, index 8, state in a tempora
 so it never disturbs the default lab. Prints figures and asserts nothing.
 
     sudo .venv/bin/python bench/bench_lab.py [--cold-image] [--index 8] [--hosts dir,mail,apps]
+        [--noop-runs 3]
 
 ``--cold-image`` builds the base image into a temporary cache first to time a cold build (the
 lab then uses that fresh image); otherwise the cached image is used and reported as cached.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--hosts", default="dir,mail,apps")
     parser.add_argument("--no-deploy", action="store_true", help="only up/RAM/down")
     parser.add_argument("--verbose", action="store_true", help="show deploy progress")
+    parser.add_argument("--noop-runs", type=int, default=3, help="no-op deploys to time")
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="coopctl-bench-"))
@@ -76,11 +79,15 @@ def main() -> None:
                 f"(changed {first.changed}, failed {first.failed}, status {first.status})"
             )
             print(f"lab up to all deployed:        {time.monotonic() - t0:7.1f} s")
-            second = deploy_playbook(cfg.inventory, lab_dir=state, echo=echo)
-            print(
-                f"second (no-op) deploy:         {second.seconds:7.1f} s "
-                f"(changed {second.changed}, failed {second.failed})"
-            )
+            noop = []
+            for run in range(1, max(args.noop_runs, 1) + 1):
+                again = deploy_playbook(cfg.inventory, lab_dir=state, echo=echo)
+                noop.append(again.seconds)
+                print(
+                    f"no-op deploy #{run}:               {again.seconds:7.1f} s "
+                    f"(changed {again.changed}, failed {again.failed})"
+                )
+            print(f"no-op deploy, median:          {statistics.median(noop):7.1f} s")
             per_host = {h.name: (h.memory_bytes() or 0) / 2**20 for h in lab.hosts}
             print(
                 f"RAM of the deployed lab:       {sum(per_host.values()):7.0f} MiB ("
