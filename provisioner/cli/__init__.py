@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from provisioner import __version__
 from provisioner.cli.common import State, emit, handle_errors, json_option, pass_state
-from provisioner.cli.demo import demo
-from provisioner.cli.group import group
-from provisioner.cli.member import member
-from provisioner.cli.plan import plan
+
+# Each command group is imported only when it runs (click's "lazily loading subcommands"
+# pattern): `coopctl member list` need not load the lab, Ansible's runner or the demo.
+LAZY_COMMANDS = {
+    "member": "provisioner.cli.member:member",
+    "plan": "provisioner.cli.plan:plan",
+    "group": "provisioner.cli.group:group",
+    "demo": "provisioner.cli.demo:demo",
+    "lab": "provisioner.lab.cli:lab",
+    "deploy": "provisioner.lab.cli:deploy",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="COOPCTL_CONFIG", help="Configuration file (default: ./coopctl.yaml, "
-              "/etc/coopctl/coopctl.yaml).")
+class LazyGroup(click.Group):
+    """A click group whose subcommands are named here and imported on first use."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands:
+            module_name, attribute = self.lazy_commands[cmd_name].split(":")
+            return getattr(importlib.import_module(module_name), attribute)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="COOPCTL_CONFIG",
+    help="Configuration file (default: ./coopctl.yaml, /etc/coopctl/coopctl.yaml).",
+)
 @click.version_option(__version__, prog_name="coopctl")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
@@ -39,22 +72,11 @@ def init(state: State, as_json: bool) -> None:
     from provisioner.bootstrap import initialise
 
     report = initialise(state.config)
-    emit(as_json, {"done": report.done},
-         "\n".join(report.done) if report.done else "Nothing to do: the directory is ready.")
-
-
-cli.add_command(member)
-cli.add_command(plan)
-cli.add_command(group)
-cli.add_command(demo)
-
-try:  # the lab needs root and systemd-nspawn; the rest of coopctl does not
-    from provisioner.lab.cli import deploy, lab
-
-    cli.add_command(lab)
-    cli.add_command(deploy)
-except ImportError:  # pragma: no cover - lab package not installed
-    pass
+    emit(
+        as_json,
+        {"done": report.done},
+        "\n".join(report.done) if report.done else "Nothing to do: the directory is ready.",
+    )
 
 
 def main() -> None:

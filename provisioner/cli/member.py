@@ -24,7 +24,6 @@ from provisioner.cli.common import (
     with_password_options,
 )
 from provisioner.errors import CoopError, InvalidInput
-from provisioner.imports import export_rows, plan_import, read_file
 from provisioner.ldapconn import set_password
 from provisioner.members import (
     MemberSpec,
@@ -321,6 +320,8 @@ def member_import(state: State, csv_file: Path, dry_run: bool,
     if initial_passwords and initial_passwords.exists():
         raise InvalidInput(f"{initial_passwords} already exists",
                            "choose a new file: it will hold passwords")
+    from provisioner.imports import plan_import, read_file  # only import and export need CSV
+
     result = plan_import(state.directory, read_file(csv_file), str(csv_file))
     apply_changes(state, result.changes, dry_run, as_json,
                   {"rows": result.rows, "new": result.new_uids})
@@ -345,6 +346,8 @@ def member_import(state: State, csv_file: Path, dry_run: bool,
 @handle_errors
 def member_export(state: State, output: Path | None, status: str | None) -> None:
     """Export members as CSV, in the format `member import` reads."""
+    from provisioner.imports import export_rows
+
     text = export_rows(state.directory.members(status=status))
     if output:
         output.write_text(text, encoding="utf-8")
