@@ -167,10 +167,6 @@ def fetch_etherpad(version: str = ETHERPAD_VERSION) -> Path:
     return target
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m provisioner.artifacts
-    print(fetch_keycloak())
-
-
 # The lab's Nextcloud CONTRACT DOUBLE (tests/nextcloud_double), packed as a Python zip
 # application: one file to copy (a no-op deploy checks one checksum instead of five files).
 NEXTCLOUD_DOUBLE_SOURCE = Path(__file__).resolve().parent.parent / "tests" / "nextcloud_double"
@@ -204,10 +200,14 @@ def build_nextcloud_double(source: Path = NEXTCLOUD_DOUBLE_SOURCE) -> Path:
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, data)
+    packed = buffer.getvalue()
     target = artifacts_dir() / "nextcloud-double.pyz"
-    if not (target.is_file() and target.read_bytes() == buffer.getvalue()):
+    if not (target.is_file() and target.read_bytes() == packed):
         partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(buffer.getvalue())
+        partial.write_bytes(packed)
         partial.replace(target)
     return target
 
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m provisioner.artifacts
+    print(fetch_keycloak())

@@ -15,12 +15,16 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
 
 from provisioner.cli.common import handle_errors
 from provisioner.localslapd import LocalDirectory
+
+if TYPE_CHECKING:  # the lab (and its imports) load only when the demo uses it
+    from provisioner.lab.config import LabConfig
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLE = ROOT / "inventories" / "lab" / "demo-members.csv"
@@ -44,23 +48,6 @@ def write_local_config(workdir: Path, directory: LocalDirectory) -> Path:
         "mail": {"domain": "demo.coop"},
     }
     path = workdir / "coopctl.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def write_lab_config(state_dir: Path, dir_address: str) -> Path:
-    """A coopctl config for the lab's directory: StartTLS with the lab CA, as cn=coopctl."""
-    config = {
-        "coop": "demo",
-        "directory": {
-            "uri": f"ldap://{dir_address}", "tls": "starttls",
-            "ca_file": str(state_dir / "pki" / "ca.crt"), "base_dn": "dc=demo,dc=coop",
-            "bind_dn": "cn=coopctl,ou=services,dc=demo,dc=coop",
-            "bind_secret_file": str(state_dir / "secrets" / "ldap_coopctl"),
-        },
-        "mail": {"domain": "demo.coop"},
-    }
-    path = state_dir / "coopctl.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
 
@@ -116,6 +103,7 @@ def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bo
         run("init")
     else:
         from provisioner.lab.config import DEFAULT_HOSTS, LabConfig, default_state_dir
+        from provisioner.lab.inventory import write_coopctl_config
 
         lab_cfg = LabConfig(name="lab", index=0, hosts=DEFAULT_HOSTS,
                             state_dir=default_state_dir("lab"))
@@ -123,7 +111,7 @@ def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bo
         started = time.monotonic()
         Runner(None)("lab", "up", *(["--no-deploy"] if no_deploy else []))
         click.echo(f"lab up and deployed in {time.monotonic() - started:.0f} s")
-        config = write_lab_config(lab_cfg.state_dir, lab_cfg.address("dir"))
+        config = write_coopctl_config(lab_cfg)
         click.echo(f"coopctl talks to the lab's directory with {config}")
         run = Runner(config)
     _directory_steps(run, config, lab_cfg)
@@ -134,7 +122,7 @@ def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bo
             Runner(None)("lab", "down")
 
 
-def _directory_steps(run: Runner, config: Path, lab_cfg: object | None) -> None:
+def _directory_steps(run: Runner, config: Path, lab_cfg: LabConfig | None) -> None:
     from provisioner.config import load
     from provisioner.directory import Directory
     from provisioner.ldapconn import connect
@@ -176,7 +164,7 @@ def _directory_steps(run: Runner, config: Path, lab_cfg: object | None) -> None:
     _audit(config, lab_cfg)
 
 
-def _audit(config_path: Path, lab_cfg: object | None) -> None:
+def _audit(config_path: Path, lab_cfg: LabConfig | None) -> None:
     from provisioner import audit
     from provisioner.config import load
     from provisioner.directory import Directory
@@ -194,26 +182,21 @@ def _audit(config_path: Path, lab_cfg: object | None) -> None:
         click.echo(line)
     if lab_cfg is None:
         return
-    state: Path = lab_cfg.state_dir  # type: ignore[attr-defined]
-    address = lab_cfg.address  # type: ignore[attr-defined]
+    address = lab_cfg.address
     report = audit.AuditReport()
 
     def on_mail_host(command: str) -> str:
+        # The lab's ssh_config names the host, its key and its (throwaway) host-key policy.
         return subprocess.run(
-            ["ssh", "-F", str(state / "ssh_config"), "-i", str(state / "id_ed25519"),
-             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-             f"root@{address('mail')}", command],
+            ["ssh", "-F", str(lab_cfg.ssh_config), "-o", "BatchMode=yes", "mail", command],
             capture_output=True, text=True, check=True, timeout=60,
         ).stdout
 
     audit.audit_mail(report, members, on_mail_host)
     audit.audit_sso(report, members, f"https://{address('dir')}:8443", "demo", "admin",
-                    (state / "secrets" / "keycloak_admin").read_text().strip(),
-                    state / "pki" / "ca.crt")
-    audit.audit_pads(report, f"https://{address('apps')}",
-                     (state / "secrets" / "etherpad_apikey").read_text().strip(),
-                     state / "pki" / "ca.crt", "pads.demo.coop")
+                    lab_cfg.secret("keycloak_admin"), lab_cfg.ca_file)
+    audit.audit_pads(report, f"https://{address('apps')}", lab_cfg.secret("etherpad_apikey"),
+                     lab_cfg.ca_file, "pads.demo.coop")
     click.echo("\nWho can log in where (observed on the live services; '!' = differs from "
                "the directory):")
     click.echo(report.matrix(members, ["mail", "sso"]))

@@ -141,6 +141,16 @@ class LabConfig:
         return self.state_dir / "secrets"
 
     @property
+    def ca_file(self) -> Path:
+        """The lab CA's certificate: what clients of the lab's services verify against."""
+        return self.pki_dir / "ca.crt"
+
+    def secret(self, name: str) -> str:
+        """A secret the roles created with Ansible's password lookup (STATE/secrets/NAME)."""
+        text = (self.secrets_dir / name).read_text()
+        return text.split(" salt=")[0].strip()  # the lookup may append its salt
+
+    @property
     def control_dir(self) -> Path:
         """SSH ControlPath sockets (Ansible's and ours), closed before teardown."""
         return self.state_dir / "cp"

@@ -1,4 +1,5 @@
-"""What Ansible, testinfra and people need to reach a lab: key, ssh_config, inventory.
+"""What Ansible, testinfra, coopctl and people need to reach a lab: key, ssh_config,
+inventory, coopctl configuration.
 
 The inventory follows docs/lab-contract.md (groups per service, root over SSH with the lab key).
 Host keys of throwaway hosts are not checked and never recorded. SSH control sockets live in
@@ -107,6 +108,27 @@ def write_ssh_config(cfg: LabConfig) -> Path:
         )
     cfg.ssh_config.write_text("\n".join(blocks))
     return cfg.ssh_config
+
+
+def write_coopctl_config(cfg: LabConfig, path: Path | None = None) -> Path:
+    """A coopctl configuration for the lab's directory: StartTLS checked against the lab CA,
+    bound as cn=coopctl with the secret the openldap role created (default STATE/coopctl.yaml).
+    """
+    config = {
+        "coop": "demo",
+        "directory": {
+            "uri": f"ldap://{cfg.address('dir')}",
+            "tls": "starttls",
+            "ca_file": str(cfg.ca_file),
+            "base_dn": "dc=demo,dc=coop",
+            "bind_dn": "cn=coopctl,ou=services,dc=demo,dc=coop",
+            "bind_secret_file": str(cfg.secrets_dir / "ldap_coopctl"),
+        },
+        "mail": {"domain": "demo.coop"},
+    }
+    path = path or cfg.state_dir / "coopctl.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def close_ssh_masters(cfg: LabConfig) -> None:

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from provisioner.lab.config import LabConfig, default_state_dir
+from provisioner.lab.inventory import write_coopctl_config
 from provisioner.lab.lab import Lab
+from tests.lab.helpers import ThrowawayDirectory, coopctl_connection
 
 LAB_DIR = Path(__file__).resolve().parent
 
@@ -79,12 +80,11 @@ class LabHandle:
 
     @property
     def ca_file(self) -> Path:
-        return self.cfg.pki_dir / "ca.crt"
+        return self.cfg.ca_file
 
     def secret(self, name: str) -> str:
         """A secret the roles created with the password lookup (STATE/secrets/NAME)."""
-        text = (self.cfg.secrets_dir / name).read_text()
-        return text.split(" salt=")[0].strip()
+        return self.cfg.secret(name)
 
     def host(self, name: str) -> Any:
         """A testinfra host over SSH as root with the lab key."""
@@ -139,17 +139,18 @@ def lab(lab_hosts: LabHandle) -> LabHandle:
 @pytest.fixture(scope="session")
 def coopctl_config(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A coopctl config file pointing at the lab's directory server."""
-    config = {
-        "directory": {
-            "uri": f"ldap://{lab.addresses['dir']}",
-            "tls": "starttls",
-            "ca_file": str(lab.ca_file),
-            "base_dn": "dc=demo,dc=coop",
-            "bind_dn": "cn=coopctl,ou=services,dc=demo,dc=coop",
-            "bind_secret_file": str(lab.state_dir / "secrets" / "ldap_coopctl"),
-        },
-        "mail": {"domain": "demo.coop"},
-    }
-    path = tmp_path_factory.mktemp("coopctl") / "coopctl.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return write_coopctl_config(lab.cfg, tmp_path_factory.mktemp("coopctl") / "coopctl.yml")
+
+
+@pytest.fixture
+def throwaway_directory(lab: LabHandle) -> Iterator[Callable[..., ThrowawayDirectory]]:
+    """Makes ThrowawayDirectory objects; whatever they created is removed after the test."""
+    made: list[ThrowawayDirectory] = []
+
+    def make(**kwargs: Any) -> ThrowawayDirectory:
+        made.append(ThrowawayDirectory(coopctl_connection(lab), **kwargs))
+        return made[-1]
+
+    yield make
+    for directory in made:
+        directory.cleanup()

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
 import pytest
 import requests
 
-from tests.lab.helpers import ThrowawayDirectory, coopctl_connection
+from tests.lab.helpers import ThrowawayDirectory
 
 pytestmark = pytest.mark.lab
 
@@ -25,12 +24,8 @@ TEST_CLIENT = "coopctl-test"  # sso_test_client_id, enabled in group_vars/sso_se
 
 
 @pytest.fixture
-def directory(lab) -> Iterator[ThrowawayDirectory]:
-    d = ThrowawayDirectory(
-        coopctl_connection(lab), prefix="ssotest", given_name="Sso", services=("sso",)
-    )
-    yield d
-    d.cleanup()
+def directory(throwaway_directory) -> ThrowawayDirectory:
+    return throwaway_directory(prefix="ssotest", given_name="Sso", services=("sso",))
 
 
 def session(lab) -> requests.Session:

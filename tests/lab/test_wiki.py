@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 import xmlrpc.client
-from collections.abc import Iterator
 
 import pytest
 import requests
 
-from tests.lab.helpers import ThrowawayDirectory, coopctl_connection
+from tests.lab.helpers import ThrowawayDirectory
 
 pytestmark = pytest.mark.lab
 
@@ -25,12 +24,8 @@ REMOTE_GROUP = "remoteuser"  # wiki_remote_group
 
 
 @pytest.fixture
-def directory(lab) -> Iterator[ThrowawayDirectory]:
-    d = ThrowawayDirectory(
-        coopctl_connection(lab), prefix="wikitest", given_name="Wiki", services=("wiki",)
-    )
-    yield d
-    d.cleanup()
+def directory(throwaway_directory) -> ThrowawayDirectory:
+    return throwaway_directory(prefix="wikitest", given_name="Wiki", services=("wiki",))
 
 
 class Wiki:
