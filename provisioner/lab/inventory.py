@@ -55,7 +55,8 @@ def inventory_data(cfg: LabConfig) -> dict:
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_pipelining": True,
             # Host vars win over the shared group_vars/all.yml, so a lab on another
-            # index gets its own proxy and state directory.
+            # index gets its own state directory. The proxy's address is there for tasks
+            # that need one; apt has it in each host's own configuration already.
             "coop_http_proxy": cfg.proxy_url,
             # The controller as the lab hosts see it (e.g. for an API allow-list).
             "coop_lab_bridge_ip": cfg.bridge_ip,
