@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provisioner.lab import image
 from provisioner.lab.config import LabConfig
 from provisioner.lab.lab import Lab
-from provisioner.lab.runner import deploy_playbook
+from provisioner.ansible import deploy_playbook
 
 
 def quiet(_: str) -> None:

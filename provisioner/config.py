@@ -25,6 +25,19 @@ SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "coopctl-conf
 DEFAULT_PATHS = (Path("coopctl.yaml"), Path("/etc/coopctl/coopctl.yaml"))
 
 
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret from a file that only its owner may read; never logged or kept."""
+    try:
+        mode = path.stat().st_mode
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}",
+                          "create it with the secret, mode 0600") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{what} {path} is readable by others", f"run: chmod 600 {path}")
+    return secret
+
+
 @dataclass(frozen=True)
 class DirectoryConfig:
     uri: str
@@ -61,20 +74,7 @@ class DirectoryConfig:
     def bind_secret(self) -> str:
         """The service account's password, read when needed and never kept."""
         if self.bind_secret_file:
-            path = Path(self.bind_secret_file)
-            try:
-                mode = path.stat().st_mode
-                secret = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read the bind secret file {path}: {exc.strerror}",
-                    "create it with the coopctl account's password (mode 0600)",
-                ) from None
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise ConfigError(
-                    f"the bind secret file {path} is readable by others",
-                    f"run: chmod 600 {path}",
-                )
+            secret = read_secret_file(Path(self.bind_secret_file), "the bind secret file")
         else:
             secret = os.environ.get(self.bind_secret_env, "")
         if not secret:
@@ -86,6 +86,21 @@ class DirectoryConfig:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """How `coopctl sync` runs (the `sync` section); every path has a default."""
+
+    state_dir: Path
+    journal: Path
+    archive_dir: Path
+    ca_file: str | None = None
+    grace_days: int = 30
+    max_destructive_share: float = 0.1
+    min_destructive_count: int = 5
+    min_member_ratio: float = 0.5
+    default_language: str = "en"
+
+
+@dataclass(frozen=True)
 class Config:
     directory: DirectoryConfig
     mail_domain: str
@@ -93,6 +108,9 @@ class Config:
     min_password_length: int = 10
     default_plan: str | None = None
     source: Path | None = field(default=None, compare=False)
+    inventory: Path | None = None
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sync: SyncSettings | None = None
 
 
 def _is_loopback(uri: str) -> bool:
@@ -154,12 +172,39 @@ def parse(data: Any, source: Path | None = None) -> Config:
     )
     policy = data.get("policy", {})
     return Config(
+        inventory=_path(data.get("inventory"), source),
+        services=data.get("services", {}),
+        sync=_sync_settings(data.get("sync", {}), data.get("coop", "coop"), directory, source),
         directory=directory,
         mail_domain=data["mail"]["domain"],
         coop=data.get("coop", "coop"),
         min_password_length=policy.get("min_password_length", 10),
         default_plan=policy.get("default_plan"),
         source=source,
+    )
+
+
+def _path(value: str | None, source: Path | None) -> Path | None:
+    """A path from the file, relative to the file's own directory when not absolute."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or source is None else source.parent / path
+
+
+def _sync_settings(s: dict[str, Any], coop: str, directory: DirectoryConfig,
+                   source: Path | None) -> SyncSettings:
+    state = _path(s.get("state_dir"), source) or Path("/var/lib/coopctl") / coop
+    return SyncSettings(
+        state_dir=state,
+        journal=_path(s.get("journal"), source) or state / "journal.sqlite",
+        archive_dir=_path(s.get("archive_dir"), source) or state / "archives",
+        ca_file=s.get("ca_file") or directory.ca_file,
+        grace_days=s.get("grace_days", 30),
+        max_destructive_share=s.get("max_destructive_share", 0.1),
+        min_destructive_count=s.get("min_destructive_count", 5),
+        min_member_ratio=s.get("min_member_ratio", 0.5),
+        default_language=s.get("default_language", "en"),
     )
 
 

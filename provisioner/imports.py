@@ -32,7 +32,7 @@ from provisioner.naming import derive_uid, first_free_uid
 COLUMNS = [
     "member_number", "uid", "given_name", "family_name", "display_name", "mail", "status",
     "plan", "services", "groups", "aliases", "forwards", "mail_quota", "cloud_quota",
-    "recovery_mail",
+    "recovery_mail", "language",
 ]  # fmt: skip
 REQUIRED = {"given_name", "family_name", "plan"}
 LIST_COLUMNS = {"services", "groups", "aliases", "forwards"}
@@ -238,7 +238,7 @@ def export_rows(members: Iterable[Member]) -> str:
             " ".join(m.forwards),
             validate.format_quota(m.mail_quota) if "mail" in m.quota_overrides else "",
             validate.format_quota(m.cloud_quota) if "cloud" in m.quota_overrides else "",
-            m.recovery_mail or "",
+            m.recovery_mail or "", m.language or "",
         ])
     return out.getvalue()
 

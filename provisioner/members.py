@@ -42,6 +42,7 @@ class MemberSpec:
     follow_plan_quotas: bool = False
     member_number: str | None = None
     recovery_mail: str | None = None
+    language: str | None = None
     line: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -70,6 +71,10 @@ def check_spec(spec: MemberSpec, mail_domain: str) -> MemberSpec:
         v.plan = validate.identifier(v.plan.strip(), "plan")
     if v.status:
         v.status = validate.status(v.status)
+        if v.status not in validate.SETTABLE_STATUSES:
+            raise InvalidInput(f"{_where(v)}status {v.status!r} cannot be set by hand",
+                               "`coopctl sync` marks a member purged once their data is archived "
+                               "and removed; use departed")
     if v.services is not None:
         v.services = validate.services(v.services)
     if v.groups is not None:
@@ -82,6 +87,8 @@ def check_spec(spec: MemberSpec, mail_domain: str) -> MemberSpec:
                                    "aliases deliver into the member's coop mailbox")
     if v.forwards is not None:
         v.forwards = sorted({validate.mail(f, "forward address") for f in v.forwards})
+    if v.language:
+        v.language = validate.language(v.language)
     if v.recovery_mail:
         v.recovery_mail = validate.mail(v.recovery_mail, "recovery address")
     if v.member_number:
@@ -96,7 +103,8 @@ def desired_member(spec: MemberSpec, existing: Member | None, plans: dict[str, P
     member = replace(base, services=list(base.services), groups=list(base.groups),
                      aliases=list(base.aliases), forwards=list(base.forwards),
                      quota_overrides=list(base.quota_overrides))
-    for attr in ("given_name", "family_name", "display_name", "member_number", "recovery_mail"):
+    for attr in ("given_name", "family_name", "display_name", "member_number", "recovery_mail",
+                 "language"):
         value = getattr(spec, attr)
         if value is not None:
             setattr(member, attr, value)
@@ -129,6 +137,10 @@ def desired_member(spec: MemberSpec, existing: Member | None, plans: dict[str, P
             setattr(member, f"{kind}_quota", getattr(plan, f"{kind}_quota") if plan else None)
     member.quota_overrides = sorted(overrides)
     if spec.status is not None and spec.status != member.status:
+        if member.status == "purged":
+            raise InvalidInput(f"{_where(spec)}{member.uid} was purged: their data is gone and "
+                               "the entry is kept only so that the uid and number are never reused",
+                               "give the person a new membership (a new uid and member number)")
         set_status(member, spec.status)
     return member
 
@@ -137,7 +149,7 @@ def set_status(member: Member, status: str) -> None:
     """Status change with its timestamps; departure keeps the first date."""
     member.status = status
     member.status_changed = now()
-    if status == "departed":
+    if status in ("departed", "purged"):
         member.departure_date = member.departure_date or member.status_changed
     else:
         member.departure_date = None

@@ -18,7 +18,7 @@ MEMBER_ATTRIBUTES = [
     "uid", "cn", "sn", "givenName", "displayName", "mail", "employeeNumber",
     "coopMemberStatus", "coopStatusChanged", "coopDepartureDate", "coopPlan",
     "coopCloudQuota", "coopMailQuota", "coopQuotaOverride", "coopService",
-    "coopMailAlias", "coopMailForward", "coopRecoveryMail",
+    "coopMailAlias", "coopMailForward", "coopRecoveryMail", "preferredLanguage",
 ]  # fmt: skip
 BRIEF_MEMBER_ATTRIBUTES = ["uid", "givenName", "sn", "coopMemberStatus", "coopPlan", "coopService"]
 PLAN_ATTRIBUTES = [
@@ -130,6 +130,7 @@ class Member:
     quota_overrides: list[str] = field(default_factory=list)
     member_number: str | None = None
     recovery_mail: str | None = None
+    language: str | None = None  # preferredLanguage (RFC 2798): fr, nl, en
     status_changed: datetime | None = None
     departure_date: datetime | None = None
 
@@ -159,6 +160,7 @@ class Member:
             quota_overrides=_all(raw, "coopQuotaOverride"),
             member_number=_first(raw, "employeeNumber"),
             recovery_mail=_first(raw, "coopRecoveryMail"),
+            language=_first(raw, "preferredLanguage"),
             status_changed=parse_ldap_time(changed) if changed else None,
             departure_date=parse_ldap_time(departed) if departed else None,
         )
@@ -183,6 +185,7 @@ class Member:
             "coopCloudQuota": self.cloud_quota,
             "coopQuotaOverride": sorted(self.quota_overrides) or None,
             "coopRecoveryMail": self.recovery_mail,
+            "preferredLanguage": self.language,
         }
 
     def to_dict(self) -> dict[str, Any]:

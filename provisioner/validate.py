@@ -15,7 +15,9 @@ from decimal import Decimal, InvalidOperation
 from provisioner.errors import InvalidInput
 
 SERVICES = ("mail", "cloud", "pads", "wiki", "sso")
-STATUSES = ("active", "suspended", "departed")
+STATUSES = ("active", "suspended", "departed", "purged")
+# `purged` is set by `coopctl sync` alone, after the member's data was archived and removed.
+SETTABLE_STATUSES = ("active", "suspended", "departed")
 
 MAX_UID = 32
 MAX_NAME = 64
@@ -190,6 +192,18 @@ def service(value: str) -> str:
 
 def services(values: list[str]) -> list[str]:
     return sorted({service(v) for v in values})
+
+
+LANGUAGES = ("fr", "nl", "en")
+
+
+def language(value: str) -> str:
+    """A member's language (welcome mail, later the member's page): fr, nl or en."""
+    value = value.strip().lower()
+    if value not in LANGUAGES:
+        raise InvalidInput(f"unknown language {_describe(value)}",
+                           f"a language is one of: {', '.join(LANGUAGES)}")
+    return value
 
 
 def status(value: str) -> str:

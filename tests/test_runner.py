@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner.lab import runner
+from provisioner import ansible as runner
 
 PLAYBOOK = """
 - name: Write the word

@@ -19,6 +19,8 @@ LAZY_COMMANDS = {
     "demo": "provisioner.cli.demo:demo",
     "lab": "provisioner.lab.cli:lab",
     "deploy": "provisioner.lab.cli:deploy",
+    "sync": "provisioner.cli.sync:sync",
+    "journal": "provisioner.cli.sync:journal",
 }
 
 

@@ -109,6 +109,7 @@ def _single_change(state: State, spec: MemberSpec, uid: str | None) -> tuple[Cha
 @click.option("--cloud-quota", help="Override the plan's cloud quota, e.g. '10 GB'.")
 @click.option("--member-number", help="The member's number in the coop's ERP.")
 @click.option("--recovery-mail", help="Address outside the coop, for password resets.")
+@click.option("--language", help="fr, nl or en: the language of the member's welcome mail.")
 @with_password_options
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @json_option
@@ -118,15 +119,16 @@ def member_add(state: State, given_name: str, family_name: str, uid: str | None,
                mail: str | None, plan: str | None, service: tuple[str, ...],
                group: tuple[str, ...], alias: tuple[str, ...], forward: tuple[str, ...],
                mail_quota: str | None, cloud_quota: str | None, member_number: str | None,
-               recovery_mail: str | None, password_stdin: bool, password_file: Path | None,
-               generate_password: bool, dry_run: bool, as_json: bool) -> None:
+               recovery_mail: str | None, language: str | None, password_stdin: bool,
+               password_file: Path | None, generate_password: bool, dry_run: bool,
+               as_json: bool) -> None:
     """Add a member. The password is never taken on the command line."""
     spec = MemberSpec(
         given_name=given_name, family_name=family_name, uid=uid, mail=mail, plan=plan,
         services=list(service) or None, groups=list(group), aliases=list(alias),
         forwards=list(forward), mail_quota=_quota(mail_quota, "mail quota"),
         cloud_quota=_quota(cloud_quota, "cloud quota"), member_number=member_number,
-        recovery_mail=recovery_mail, status="active",
+        recovery_mail=recovery_mail, language=language, status="active",
     )
     password, generated = (None, False) if dry_run else obtain_password(
         state.config.min_password_length, password_stdin, password_file, generate_password)
@@ -209,6 +211,7 @@ def member_list(state: State, status: str | None, plan: str | None, group: str |
 @click.option("--follow-plan-quotas", is_flag=True, help="Drop quota overrides.")
 @click.option("--member-number")
 @click.option("--recovery-mail")
+@click.option("--language", help="fr, nl or en.")
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @json_option
 @pass_state
@@ -220,8 +223,8 @@ def member_modify(state: State, uid: str, given_name: str | None, family_name: s
                   remove_alias: tuple[str, ...], add_forward: tuple[str, ...],
                   remove_forward: tuple[str, ...], mail_quota: str | None,
                   cloud_quota: str | None, follow_plan_quotas: bool,
-                  member_number: str | None, recovery_mail: str | None, dry_run: bool,
-                  as_json: bool) -> None:
+                  member_number: str | None, recovery_mail: str | None,
+                  language: str | None, dry_run: bool, as_json: bool) -> None:
     """Change a member: name, plan, services, groups, addresses, quotas."""
     validate.uid(uid)
     old = state.directory.get_member(uid)
@@ -237,7 +240,7 @@ def member_modify(state: State, uid: str, given_name: str | None, family_name: s
         mail_quota=_quota(mail_quota, "mail quota"),
         cloud_quota=_quota(cloud_quota, "cloud quota"),
         follow_plan_quotas=follow_plan_quotas, member_number=member_number,
-        recovery_mail=recovery_mail,
+        recovery_mail=recovery_mail, language=language,
     )
     cs, _new = _single_change(state, spec, uid)
     apply_changes(state, cs, dry_run, as_json)

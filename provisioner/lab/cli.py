@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from provisioner.errors import CoopError
 from provisioner.lab.config import (
     DEFAULT_HOSTS,
     DEFAULT_NAME,
@@ -83,7 +84,7 @@ def up(name: str, index: int, hosts: str, state_dir: Path | None, no_deploy: boo
         Lab(cfg).up(log=click.echo)
         click.echo(f"inventory: {cfg.inventory}")
         if not no_deploy:
-            from provisioner.lab.runner import deploy_playbook
+            from provisioner.ansible import deploy_playbook
 
             recap = deploy_playbook(cfg.inventory, lab_dir=cfg.state_dir)
             if recap.failed:
@@ -192,7 +193,7 @@ def deploy(
     state_dir: Path | None,
 ) -> None:
     """Run playbooks/site.yml with ansible-runner, one line per task result and a recap."""
-    from provisioner.lab.runner import deploy_playbook
+    from provisioner.ansible import deploy_playbook
 
     lab_dir = _state_dir(name, state_dir)
     if inventory_path is None:
@@ -208,7 +209,7 @@ def deploy(
         recap = deploy_playbook(
             inventory_path, lab_dir=lab_dir, check=check, limit=limit, tags=tags, playbook=playbook
         )
-    except LabError as exc:
+    except (LabError, CoopError) as exc:
         _fail(exc)
     if recap.failed or recap.unreachable:
         sys.exit(2)

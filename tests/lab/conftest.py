@@ -100,7 +100,7 @@ class LabHandle:
 
     def deploy(self, **kwargs: Any) -> dict:
         """Run site.yml (``check``, ``limit``, ``tags``...); returns the recap as a dict."""
-        from provisioner.lab.runner import deploy_playbook
+        from provisioner.ansible import deploy_playbook
 
         recap = deploy_playbook(self.inventory, lab_dir=self.state_dir, **kwargs)
         return recap.as_dict()

@@ -1,4 +1,6 @@
-"""Deploying playbooks/site.yml with ansible-runner, with a compact live display.
+"""Running the project's playbooks with ansible-runner (deploys and sync), with a compact display.
+
+Production and the lab both use this module: the lab only builds and boots hosts.
 
 ansible-runner gives us every Ansible event as a dict while the play runs, so the display is one
 line per task result (``changed  dir  openldap : Install slapd``) instead of Ansible's verbose
@@ -18,9 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner.lab.config import REPO_DIR, LabError
+from provisioner.errors import CoopError
 
+REPO_DIR = Path(__file__).resolve().parent.parent
 PLAYBOOK_DIR = REPO_DIR / "playbooks"
+
+
+class AnsibleError(CoopError):
+    """A playbook could not run (missing playbook or inventory, Ansible failed to start)."""
 RESULT_EVENTS = {
     "runner_on_ok": "ok",
     "runner_on_failed": "failed",
@@ -156,9 +163,10 @@ def deploy_playbook(
 
     path = Path(playbook) if Path(playbook).is_absolute() else PLAYBOOK_DIR / playbook
     if not path.exists():
-        raise LabError(f"no playbook {path}")
+        raise AnsibleError(f"no playbook {path}", "reinstall coopctl: its playbooks ship with it")
     if not Path(inventory).exists():
-        raise LabError(f"no inventory {inventory}: run `coopctl lab up` first or pass --inventory")
+        raise AnsibleError(f"no inventory {inventory}",
+                           "run `coopctl lab up` first, or pass --inventory")
     prepare_artifacts(echo)
     private = lab_dir / "runner"
     private.mkdir(parents=True, exist_ok=True)
@@ -206,3 +214,104 @@ def deploy_playbook(
         f"failed {recap.failed}, unreachable {recap.unreachable}"
     )
     return recap
+
+
+@dataclass
+class PlaybookResult:
+    """A sync playbook's outcome: the recap, and which loop items failed (by their label).
+
+    Sync task files loop over members with ``loop_control: label: "{{ item.uid }}"``, so a
+    failed item names its member and the sync reports that member alone.
+    """
+
+    recap: Recap
+    failed_items: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # the run as a whole failed (unreachable host, syntax error...)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ItemCollector:
+    """Keeps the label and message of every failed loop item (and still prints progress)."""
+
+    def __init__(self, echo: Callable[[str], None] | None) -> None:
+        self.failed: dict[str, str] = {}
+        self.unreachable: list[str] = []
+        self.task_failures: list[str] = []
+        self.printer = ProgressPrinter(echo) if echo else None
+
+    def __call__(self, event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        res = data.get("res") or {}
+        if kind == "runner_item_on_failed":
+            label = str(res.get("_ansible_item_label") or res.get("item", {}).get("uid", "?"))
+            self.failed[label] = _message(res)
+        elif kind == "runner_on_unreachable":
+            self.unreachable.append(f"{data.get('host', '?')}: {_message(res)}")
+        elif kind == "runner_on_failed" and not data.get("ignore_errors") and "results" not in res:
+            self.task_failures.append(f"{data.get('host', '?')} {data.get('task', '')}: "
+                                      f"{_message(res)}")
+        if self.printer:
+            self.printer(event)
+        return True
+
+
+def _message(res: dict) -> str:
+    msg = res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
+    return str(msg).strip().splitlines()[-1][:300] if str(msg).strip() else "failed"
+
+
+def run_sync_playbook(
+    inventory: Path,
+    *,
+    state_dir: Path,
+    playbook: str = "sync.yml",
+    extravars: dict | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> PlaybookResult:
+    """Run a sync playbook once for a whole batch of members; never raises for a failed item.
+
+    Unlike a deploy, no artifact is fetched. `extravars` travel in ansible-runner's private
+    data directory (mode 0700 under `state_dir`), never on a command line.
+    """
+    import ansible_runner
+
+    path = PLAYBOOK_DIR / playbook
+    if not path.exists():
+        raise AnsibleError(f"no playbook {path}", "reinstall coopctl: its playbooks ship with it")
+    if not Path(inventory).exists():
+        raise AnsibleError(f"no Ansible inventory at {inventory}",
+                           "set `inventory` in the configuration to the coop's inventory")
+    private = state_dir / "runner-sync"
+    private.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.rmtree(private / "env", ignore_errors=True)
+    collector = ItemCollector(echo)
+    started = time.monotonic()
+    result = ansible_runner.run(
+        private_data_dir=str(private),
+        project_dir=str(PLAYBOOK_DIR),
+        playbook=str(path),
+        inventory=str(Path(inventory).resolve()),
+        envvars=ansible_env(state_dir),
+        extravars=extravars or {},
+        quiet=True,
+        event_handler=collector,
+        rotate_artifacts=3,
+        suppress_env_files=True,
+    )
+    recap = Recap(rc=result.rc, status=result.status, seconds=time.monotonic() - started)
+    for key, name in STAT_KEYS.items():
+        for host, count in ((result.stats or {}).get(key) or {}).items():
+            recap.hosts.setdefault(host, {v: 0 for v in STAT_KEYS.values()})[name] = count
+    error = None
+    if collector.unreachable:
+        error = "host unreachable: " + "; ".join(collector.unreachable)
+    elif collector.task_failures:
+        error = "; ".join(collector.task_failures)
+    elif result.rc and not collector.failed:
+        tail = "".join(result.stdout.readlines()[-5:]).strip() if result.stdout else ""
+        error = f"ansible-playbook failed (rc {result.rc}) {tail[-300:]}"
+    return PlaybookResult(recap=recap, failed_items=collector.failed, error=error)

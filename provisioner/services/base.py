@@ -1,0 +1,240 @@
+"""What every service connector shares: the desired state of a member, the change type, the
+interface (observe, plan, apply, export) and the runtime a connector is given.
+
+The sync (``provisioner.sync``) reads the directory once and turns each member into a
+``MemberState``: what the directory implies for them in *every* service. Each connector then
+
+1. ``observe()``s its service in bulk (one listing, never one request per member when the
+   service has a listing), returning an ``Observation`` it alone understands;
+2. ``plan()``s the difference as a list of ``ServiceChange`` (pure: no I/O, so `--dry-run`
+   and the audit can call it freely, and it is tested without a server);
+3. ``apply()``s a list of changes, reporting one ``ChangeResult`` per change as it goes (the
+   sync journals each one), and never raises for one member's failure;
+4. ``export()``s a departing member's data into a directory of the archive (before any purge).
+
+A new service (SOGo, Sympa, MediaWiki...) is one module here with one ``Connector`` subclass
+plus one role. Connectors are small and stateless between runs: what must be remembered
+(a welcome mail already sent, say) is asked of ``Runtime.state``.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+
+class Phase(enum.StrEnum):
+    """Where a member stands for one service, derived from status, services and dates."""
+
+    ACTIVE = "active"      # the account exists, is enabled, has the plan's quota and groups
+    DISABLED = "disabled"  # suspended, departed within the grace period, or service dropped:
+                           # cannot log in, every live session ended, nothing deleted
+    PURGE = "purge"        # departed past the grace period: archive, then remove everything
+    GONE = "gone"          # purged already: nothing of theirs may remain
+
+
+class Action(enum.StrEnum):
+    """Kinds of change, in the order the sync applies them within a service."""
+
+    CREATE = "create"
+    RESTORE = "restore"
+    QUOTA = "quota"
+    GROUPS = "groups"
+    UPDATE = "update"      # other attributes (display name, mail address, namespace page...)
+    WELCOME = "welcome"
+    SUSPEND = "suspend"
+    ARCHIVE = "archive"
+    PURGE = "purge"
+
+
+DESTRUCTIVE = frozenset({Action.SUSPEND, Action.ARCHIVE, Action.PURGE})
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """What the directory says about one member, as every connector needs it."""
+
+    uid: str
+    mail: str
+    display_name: str
+    language: str                 # "fr", "nl" or "en": the welcome mail's language
+    status: str                   # active | suspended | departed | purged
+    services: frozenset[str]
+    groups: frozenset[str]
+    mail_quota: int | None        # MiB, as in the directory
+    cloud_quota: int | None       # MiB
+    aliases: tuple[str, ...] = ()
+
+    def phase(self, service: str, purge_due: bool) -> Phase:
+        """The phase for `service`; `purge_due` says the grace period is over."""
+        if self.status == "purged":
+            return Phase.GONE
+        if self.status == "departed":
+            return Phase.PURGE if purge_due else Phase.DISABLED
+        if self.status == "active" and service in self.services:
+            return Phase.ACTIVE
+        return Phase.DISABLED
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A member's state and phase for one service (what `plan` compares with)."""
+
+    member: MemberState
+    phase: Phase
+
+    @property
+    def uid(self) -> str:
+        return self.member.uid
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    """One change to one member's account in one service. Never carries a secret."""
+
+    service: str
+    action: Action
+    uid: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def destructive(self) -> bool:
+        return self.action in DESTRUCTIVE
+
+    def describe(self) -> str:
+        """One line for the plan, e.g. ``quota jan.vanderberg: 1 GB -> 2 GB``."""
+        if not self.detail:
+            return f"{self.action} {self.uid}"
+        parts = ", ".join(f"{k}: {_text(v)}" for k, v in self.detail.items())
+        return f"{self.action} {self.uid} ({parts})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "action": str(self.action), "uid": self.uid,
+                "detail": dict(self.detail)}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list | tuple | set | frozenset):
+        return " ".join(sorted(map(str, value))) or "-"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    change: ServiceChange
+    ok: bool
+    error: str | None = None   # what went wrong, for the journal and the summary (no secret)
+
+
+@dataclass
+class Finding:
+    """Something a connector saw that no change can fix by itself (the sync reports it)."""
+
+    service: str
+    uid: str
+    message: str
+    severity: str = "warning"  # info | warning | error
+
+
+class Observation(Protocol):
+    """Whatever a connector's observe() returns; only its own plan() reads it.
+
+    ``findings`` are facts to report (a quota lowered below what the member uses, an
+    account the directory does not know); ``accounts`` is the set of uids that have an
+    account in the service (the audit reads it for orphans).
+    """
+
+    findings: list[Finding]
+
+    @property
+    def accounts(self) -> Collection[str]: ...
+
+
+class ServiceUnavailable(Exception):
+    """The service could not be observed or changed at all (down, refused our credentials).
+
+    The sync reports it and goes on with the other services; the next run retries.
+    """
+
+
+class HostAccess(Protocol):
+    """How connectors reach the coop's hosts (see ``provisioner.hosts``)."""
+
+    def read(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
+        """Run a read-only command on the first host of inventory group `group`; stdout."""
+
+    def playbook(self, name: str, extravars: Mapping[str, Any]) -> dict[str, Any]:
+        """Run playbooks/NAME once against the inventory.
+
+        Returns {"ok": bool, "error": str | None (the run as a whole failed),
+        "failed_items": {uid: message} (loop items labelled with the member's uid),
+        "changed": int}.
+        """
+
+
+class StateStore(Protocol):
+    """Facts coopctl remembers between runs (kept with the journal, see provisioner.journal)."""
+
+    def marks(self, service: str, kind: str) -> set[str]:
+        """Uids marked `kind` for `service` (e.g. mail/welcome: welcome mail sent)."""
+
+    def mark(self, service: str, kind: str, uid: str) -> None: ...
+
+    def unmark(self, service: str, kind: str, uid: str) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """What a connector is given: its settings, the hosts, the state store, the CA."""
+
+    settings: Mapping[str, Any]          # the `services.<name>` section of the configuration
+    hosts: HostAccess
+    state: StateStore
+    mail_domain: str
+    coop: str
+    ca_file: str | None = None           # CA bundle for the services' HTTPS APIs
+    secret: Callable[[str], str] = lambda name: ""  # reads a secret file named in settings
+
+
+Report = Callable[[ChangeResult], None]
+
+
+class Connector(ABC):
+    """One service. Subclasses set `name` and implement the four methods."""
+
+    name: ClassVar[str]
+    #: True when apply() may run for several services at the same time as others.
+    network_api: ClassVar[bool] = True
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @abstractmethod
+    def observe(self, uids: Collection[str] | None = None) -> Observation:
+        """The service's actual state, in bulk; `uids` narrows it when the service allows.
+
+        Raises ServiceUnavailable when the service cannot be read at all.
+        """
+
+    @abstractmethod
+    def plan(self, desired: Mapping[str, Desired], observed: Observation) -> list[ServiceChange]:
+        """The changes that make `observed` match `desired` (pure, no I/O).
+
+        Members absent from `desired` are never touched. ARCHIVE is not planned here: the
+        sync plans it across services for members in Phase.PURGE, and calls export().
+        """
+
+    @abstractmethod
+    def apply(self, changes: Sequence[ServiceChange], report: Report) -> None:
+        """Apply `changes` (all of this service), calling `report` once per change."""
+
+    def export(self, member: MemberState, dest: Path) -> list[Path]:
+        """Write the member's data into `dest` (created), return the files written.
+
+        Services that hold nothing of the member's own (SSO) write nothing.
+        """
+        return []
