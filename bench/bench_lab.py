@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provisioner.ansible import deploy_playbook
 from provisioner.lab import image
 from provisioner.lab.config import LabConfig
 from provisioner.lab.lab import Lab
-from provisioner.ansible import deploy_playbook
 
 
 def quiet(_: str) -> None:

@@ -181,14 +181,16 @@ class Sync:
             raise CoopError(f"unknown service {', '.join(sorted(unknown))}",
                             f"services are: {', '.join(CONNECTORS)}")
         if self._connectors is None:
+            self._connectors = {}
+            self._built_all = False
+        if not getattr(self, "_built_all", True):
             from provisioner.hosts import InventoryHosts
 
             hosts = InventoryHosts(self.config.inventory or Path("/nonexistent"),
                                    self.settings.state_dir, echo=None)
-            self._connectors = {}
             for name in ORDER:
                 settings = self.config.services.get(name)
-                if settings is None:
+                if settings is None or name in self._connectors or (wanted and name not in wanted):
                     continue
                 module, cls = CONNECTORS[name].split(":")
                 connector_cls = getattr(importlib.import_module(module), cls)
@@ -202,7 +204,8 @@ class Sync:
         if missing:
             raise CoopError(f"service {', '.join(sorted(missing))} is not configured",
                             "add it under `services:` in the configuration")
-        return {n: c for n, c in self._connectors.items() if not wanted or n in wanted}
+        return {n: self._connectors[n] for n in ORDER
+                if n in self._connectors and (not wanted or n in wanted)}
 
     # -- read --------------------------------------------------------------------------
     def read(self, uids: Iterable[str] = ()) -> tuple[list[Member], dict[str, Plan]]:

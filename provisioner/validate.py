@@ -10,6 +10,7 @@ characters that have a meaning in DNs or filters, which no real name needs.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from provisioner.errors import InvalidInput
@@ -192,6 +193,17 @@ def service(value: str) -> str:
 
 def services(values: list[str]) -> list[str]:
     return sorted({service(v) for v in values})
+
+
+def past_date(value: str, what: str) -> datetime:
+    """A day in the past or today, as midnight UTC."""
+    try:
+        day = datetime.strptime(value.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidInput(f"{what} {value!r} is not a date", "write it as 2026-06-30") from None
+    if day > datetime.now(UTC):
+        raise InvalidInput(f"{what} {value} is in the future", "give the day it happened")
+    return day
 
 
 LANGUAGES = ("fr", "nl", "en")

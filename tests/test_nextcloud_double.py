@@ -86,6 +86,7 @@ def ocs(
     auth=("admin", ADMIN_PASSWORD),
     header=True,
     accept=None,
+    cookies=None,
 ):
     """One OCS call; returns (HTTP status, parsed body, response headers)."""
     url = f"{double['base']}/ocs/v{version}.php/cloud/{path}"
@@ -99,6 +100,8 @@ def ocs(
         req.add_header("OCS-APIRequest", "true")
     if accept:
         req.add_header("Accept", accept)
+    if cookies:
+        req.add_header("Cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()))
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         req.add_header("Authorization", "Basic " + token)
@@ -330,3 +333,169 @@ def test_occ_shares_the_store(double):
     assert r.returncode == 1 and "does not exist" in r.stderr
     r = occ(double, "user:info", "frank")
     assert r.returncode == 1
+
+
+# ------------------------------------------------------------ bulk details, files, tokens
+def _make(double, uid, **extra):
+    data = {"userid": uid, "password": f"{uid}-Pass-123", **extra}
+    _, body, _ = ocs(double, "POST", "users", data)
+    assert meta(body)["statuscode"] == 100, body
+
+
+def _data_dir(double) -> Path:
+    return double["store"].parent / "data"
+
+
+def test_users_details_is_keyed_by_uid_and_pages(double):
+    for uid in ("dtl1", "dtl2", "dtl3"):
+        _make(double, uid, email=f"{uid}@demo.coop", displayName=f"D {uid}", quota="1 GB")
+    ocs(double, "PUT", "users/dtl2/disable")
+    ocs(double, "POST", "groups", {"groupid": "dtlgroup"})
+    ocs(double, "POST", "users/dtl3/groups", {"groupid": "dtlgroup"})
+    for version in (1, 2):
+        status, body, _ = ocs(double, "GET", "users/details?search=dtl", version=version)
+        assert status == 200
+        users = body["data"]["users"]
+        assert isinstance(users, dict) and list(users) == ["dtl1", "dtl2", "dtl3"]
+    one = users["dtl1"]
+    assert one["id"] == "dtl1" and one["enabled"] is True
+    assert (one["email"], one["displayname"], one["backend"]) == (
+        "dtl1@demo.coop",
+        "D dtl1",
+        "Database",
+    )
+    assert set(one["quota"]) == {"free", "used", "total", "relative", "quota"}
+    assert one["quota"]["quota"] == 1024**3 and one["quota"]["used"] == 0
+    assert "lastLogin" in one and one["groups"] == []
+    assert users["dtl2"]["enabled"] is False
+    assert users["dtl3"]["groups"] == ["dtlgroup"]
+    _, body, _ = ocs(double, "GET", "users/details?search=dtl&limit=2&offset=1")
+    assert list(body["data"]["users"]) == ["dtl2", "dtl3"]
+    _, body, _ = ocs(double, "GET", "users/details?search=dtl&limit=2&offset=3")
+    assert body["data"]["users"] == []  # PHP's empty array is a JSON list, not an object
+
+
+def test_users_details_xml(double):
+    _make(double, "dtlx")
+    status, root, _ = ocs(double, "GET", "users/details?search=dtlx", fmt="xml")
+    assert status == 200
+    assert root.findtext("data/users/dtlx/id") == "dtlx"
+    assert root.findtext("data/users/dtlx/enabled") == "1"
+
+
+def test_home_directory_and_used_space(double):
+    _make(double, "filer", quota="1 MB")
+    files = _data_dir(double) / "filer" / "files"
+    assert files.is_dir()
+    (files / "a.bin").write_bytes(b"x" * 300_000)
+    (files / "sub").mkdir()
+    (files / "sub" / "b.bin").write_bytes(b"y" * 1_000_000)
+    quota = ocs(double, "GET", "users/filer")[1]["data"]["quota"]
+    assert quota["used"] == 1_300_000
+    assert quota["total"] == quota["quota"] == 1024**2
+    assert quota["free"] == 1024**2 - 1_300_000  # over quota: negative, as Nextcloud computes it
+    assert quota["relative"] == round(1_300_000 / 1024**2 * 10000) / 100
+    ocs(double, "PUT", "users/filer", {"key": "quota", "value": "none"})
+    quota = ocs(double, "GET", "users/filer")[1]["data"]["quota"]
+    assert (quota["quota"], quota["free"], quota["total"], quota["relative"]) == (-3, -3, -3, 0)
+    details = ocs(double, "GET", "users/details?search=filer")[1]["data"]["users"]
+    assert details["filer"]["quota"]["used"] == 1_300_000
+    r = occ(double, "user:info", "filer", "--output=json")
+    assert json.loads(r.stdout)["storage"]["used"] == 1_300_000
+    assert json.loads(r.stdout)["user_directory"] == str(_data_dir(double) / "filer")
+    # deleting the account deletes its home
+    assert meta(ocs(double, "DELETE", "users/filer")[1])["statuscode"] == 100
+    assert not (_data_dir(double) / "filer").exists()
+    _make(double, "filer2")
+    assert occ(double, "user:delete", "filer2").returncode == 0
+    assert not (_data_dir(double) / "filer2").exists()
+
+
+def test_user_without_home_has_nextclouds_short_quota(double):
+    _make(double, "nohome", quota="2 GB")
+    (_data_dir(double) / "nohome" / "files").rmdir()
+    quota = ocs(double, "GET", "users/nohome")[1]["data"]["quota"]
+    assert quota == {"quota": 2 * 1024**3, "used": 0}
+
+
+def _set_cookies(headers) -> dict[str, str]:
+    out = {}
+    for header in headers.get_all("Set-Cookie") or []:
+        name, _, rest = header.partition("=")
+        out[name] = rest.split(";")[0]
+    return out
+
+
+def tokens(double, uid):
+    r = occ(double, "user:auth-tokens:list", uid, "--output=json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_session_tokens_follow_nextclouds_login(double):
+    _make(double, "tok")
+    auth = ("tok", "tok-Pass-123")
+    # a client that keeps no cookie gets no session token (Session::supportsCookies)
+    status, _, headers = ocs(double, "GET", "user", auth=auth)
+    assert status == 200
+    assert tokens(double, "tok") == []
+    cookies = _set_cookies(headers)
+    assert "cookie_test" in cookies
+    # one that sends cookie_test back gets a session token, carried by nc_session_id
+    _, _, headers = ocs(double, "GET", "user", auth=auth, cookies=cookies)
+    session = _set_cookies(headers)["nc_session_id"]
+    listed = tokens(double, "tok")
+    assert len(listed) == 1
+    assert set(listed[0]) == {"id", "name", "lastActivity", "type", "scope"}
+    assert listed[0]["type"] == 0
+    assert session not in json.dumps(listed)  # the secret is never listed
+    # the session alone authenticates
+    status, body, _ = ocs(double, "GET", "user", auth=None, cookies={"nc_session_id": session})
+    assert (status, body["data"]["id"]) == (200, "tok")
+    # deleting the token ends the session
+    r = occ(double, "user:auth-tokens:delete", "tok", str(listed[0]["id"]))
+    assert r.returncode == 0
+    assert tokens(double, "tok") == []
+    status, body, _ = ocs(double, "GET", "user", auth=None, cookies={"nc_session_id": session})
+    assert (status, meta(body)["statuscode"]) == (401, 997)
+    # deleting again is silent, as invalidateTokenById is
+    assert occ(double, "user:auth-tokens:delete", "tok", str(listed[0]["id"])).returncode == 0
+    r = occ(double, "user:auth-tokens:delete", "tok")
+    assert r.returncode == 1 and "Specify the token <id>" in r.stderr
+    r = occ(double, "user:auth-tokens:list", "ghost")
+    assert r.returncode == 1 and "user not found" in r.stderr
+
+
+def test_disabled_users_tokens_stop_working(double):
+    _make(double, "tokd")
+    r = occ(double, "user:auth-tokens:add", "tokd")
+    assert r.returncode == 0 and r.stdout.startswith("app password:")
+    app_password = r.stdout.splitlines()[1]
+    _, _, headers = ocs(double, "GET", "user", auth=("tokd", "tokd-Pass-123"))
+    _, _, headers = ocs(
+        double, "GET", "user", auth=("tokd", "tokd-Pass-123"), cookies=_set_cookies(headers)
+    )
+    session = _set_cookies(headers)["nc_session_id"]
+    assert sorted(t["type"] for t in tokens(double, "tokd")) == [0, 1]
+    # an app password works as the basic-auth password, and creates no further token
+    status, body, _ = ocs(double, "GET", "user", auth=("tokd", app_password))
+    assert (status, body["data"]["id"]) == (200, "tokd")
+    assert ocs(double, "GET", "user", auth=("other", app_password))[0] == 401
+    assert len(tokens(double, "tokd")) == 2
+
+    ocs(double, "PUT", "users/tokd/disable")
+    status, body, _ = ocs(double, "GET", "user", auth=("tokd", app_password))
+    assert (status, meta(body)["statuscode"]) == (401, 997)
+    status, _, _ = ocs(double, "GET", "user", auth=None, cookies={"nc_session_id": session})
+    assert status == 401
+    # each refused token was deleted at once (Nextcloud: at the next check, within 5 min)
+    assert tokens(double, "tokd") == []
+    ocs(double, "PUT", "users/tokd/enable")
+    assert ocs(double, "GET", "user", auth=("tokd", app_password))[0] == 401
+
+    # deleting a user deletes their tokens
+    r = occ(double, "user:auth-tokens:add", "tokd")
+    assert len(tokens(double, "tokd")) == 1
+    ocs(double, "DELETE", "users/tokd")
+    _make(double, "tokd")
+    assert tokens(double, "tokd") == []

@@ -13,6 +13,7 @@ import json
 import tarfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import ldap3
@@ -249,3 +250,19 @@ def test_bad_data_is_reported_per_member(with_plans, sync_config, admin) -> None
     assert [(f.uid, f.severity) for f in plan.findings] == [("bob.dupont", "error")]
     assert "cloud quota" in plan.findings[0].message
     json.dumps(plan.to_dict())  # the --json output is plain data
+
+
+def test_grace_period_counts_from_the_departure_day(with_plans, sync_config) -> None:
+    add(with_plans, "ana.lima", "bob.dupont")
+    service = LedgerService()
+    sync = engine(sync_config, service, grace_days=30)
+    sync.apply(sync.plan())
+    with_plans("member", "depart", "ana.lima")
+    long_ago = (datetime.now(UTC) - timedelta(days=31)).strftime("%Y-%m-%d")
+    with_plans("member", "depart", "bob.dupont", "--on", long_ago)
+    plan = sync.plan()
+    assert sorted((str(c.action), c.uid) for c in plan.changes()) == [
+        ("archive", "bob.dupont"), ("purge", "bob.dupont"), ("suspend", "ana.lima")]
+    future = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%d")
+    result = with_plans("member", "depart", "ana.lima", "--on", future, ok=False)
+    assert "in the future" in result.output

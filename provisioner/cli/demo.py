@@ -160,8 +160,62 @@ def _directory_steps(run: Runner, config: Path, lab_cfg: LabConfig | None) -> No
     run("member", "show", "jan.vanderberg")
     _step("Members")
     run("member", "list")
+    if lab_cfg is not None:
+        _sync_steps(run, config)
     _step("Audit")
     _audit(config, lab_cfg)
+
+
+LEAVER = "karel.janssens"
+
+
+def _sync_steps(run: Runner, config: Path) -> None:
+    """Every service follows the directory: plan, apply, then a member's departure."""
+    from datetime import UTC, datetime, timedelta
+
+    from provisioner.config import load
+    from provisioner.directory import Directory
+    from provisioner.ldapconn import connect
+
+    _step("Sync: what every service must change to match the directory (dry run)")
+    run("sync", "--dry-run")
+    _step("Sync: apply it (welcome mails, cloud accounts, pads, wiki, sessions of the suspended)")
+    run("sync", "--yes")
+    cfg = load(config)
+    conn = connect(cfg.directory)
+    try:
+        leaver = Directory(cfg, conn).find_member(LEAVER)
+    finally:
+        conn.unbind()
+    if leaver is None:
+        _step("A member joins, uses the services, and leaves")
+        run("member", "add", "--given-name", "Karel", "--family-name", "Janssens",
+            "--plan", "small", "--language", "nl", "--generate-password", quiet=True)
+        run("sync", "--yes", "--member", LEAVER)
+        leaver_status = "active"
+    else:
+        leaver_status = leaver.status
+    if leaver_status == "active":
+        left = (datetime.now(UTC) - timedelta(days=45)).strftime("%Y-%m-%d")
+        _step(f"{LEAVER} left the coop on {left}: past the 30-day grace period, the sync "
+              "archives their data, verifies the archive, then removes them everywhere")
+        run("member", "depart", LEAVER, "--on", left)
+    run("sync", "--yes")
+    archives = sorted(cfg.sync.archive_dir.glob(f"{LEAVER}-*.tar"))  # type: ignore[union-attr]
+    if archives:
+        _list_archive(archives[-1])
+    _step("Sync again: nothing left to do")
+    run("sync")
+    run("journal", "--member", LEAVER)
+
+
+def _list_archive(path: Path) -> None:
+    from provisioner.archive import verify
+
+    manifest = verify(path)
+    click.echo(f"departure archive {path} (verified: {len(manifest['files'])} file(s))")
+    for f in manifest["files"]:
+        click.echo(f"  {f['size']:>10}  {f['sha256'][:12]}  {f['path']}")
 
 
 def _audit(config_path: Path, lab_cfg: LabConfig | None) -> None:

@@ -249,12 +249,21 @@ def member_modify(state: State, uid: str, given_name: str | None, family_name: s
 def _status_command(name: str, status: str, doc: str) -> None:
     @member.command(name, help=doc)
     @click.argument("uid")
+    @click.option("--on", "on_date", metavar="YYYY-MM-DD", hidden=status != "departed",
+                  help="The day the member left (default: today), e.g. from the ERP; the "
+                  "grace period before the sync archives and removes their data counts from it.")
     @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
     @json_option
     @pass_state
     @handle_errors
-    def command(state: State, uid: str, dry_run: bool, as_json: bool) -> None:
+    def command(state: State, uid: str, on_date: str | None, dry_run: bool,
+                as_json: bool) -> None:
         validate.uid(uid)
+        left = None
+        if on_date is not None:
+            if status != "departed":
+                raise InvalidInput(f"--on is for `coopctl member depart`, not {name}")
+            left = validate.past_date(on_date, "--on")
         directory = state.directory
         old = directory.get_member(uid)
         allowed = {"suspended": {"active"}, "active": {"suspended", "departed"},
@@ -267,6 +276,8 @@ def _status_command(name: str, status: str, doc: str) -> None:
             raise InvalidInput(f"{uid} is {old.status}; cannot {name} from there")
         new = replace(old)
         set_status(new, status)
+        if left is not None:
+            new.departure_date = left
         cs = ChangeSet(state.config.directory)
         add_to_changeset(cs, directory, old, new)
         cs.finalize({g.name: g for g in directory.groups()})

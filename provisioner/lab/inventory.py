@@ -126,6 +126,27 @@ def write_coopctl_config(cfg: LabConfig, path: Path | None = None) -> Path:
             "bind_secret_file": str(cfg.secrets_dir / "ldap_coopctl"),
         },
         "mail": {"domain": "demo.coop"},
+        # `coopctl sync` reaches the hosts through the lab's inventory and the services'
+        # APIs by address (the sites' names are sent as Host where nginx needs them).
+        "inventory": str(cfg.inventory),
+        "services": {
+            "sso": {"url": f"https://{cfg.address('dir')}:8443", "realm": "demo",
+                    "admin_user": "admin",
+                    "admin_secret_file": str(cfg.secrets_dir / "keycloak_admin")},
+            "mail": {"host_group": "mail_servers", "smtp_host": cfg.address("mail"),
+                     "smtp_port": 25, "imap_host": cfg.fqdn("mail"),
+                     "submission_host": cfg.fqdn("mail"),
+                     "login_url": f"https://{cfg.fqdn('dir')}:8443/realms/demo/account"},
+            "cloud": {"url": f"https://{cfg.address('apps')}", "host_header": "cloud.demo.coop",
+                      "admin_user": "admin",
+                      "admin_secret_file": str(cfg.secrets_dir / "cloud_admin"),
+                      "host_group": "cloud_servers", "occ": "occ-double",
+                      "data_dir": "/var/lib/nextcloud-double/data"},
+            "pads": {"url": f"https://{cfg.address('apps')}", "host_header": "pads.demo.coop",
+                     "api_key_file": str(cfg.secrets_dir / "etherpad_apikey")},
+            "wiki": {"host_group": "wiki_servers"},
+        },
+        "sync": {"state_dir": str(cfg.state_dir / "coopctl"), "ca_file": str(cfg.ca_file)},
     }
     path = path or cfg.state_dir / "coopctl.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

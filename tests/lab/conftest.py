@@ -129,7 +129,12 @@ def lab_hosts() -> Iterator[LabHandle]:
 
 @pytest.fixture(scope="session")
 def lab(lab_hosts: LabHandle) -> LabHandle:
-    """The lab with playbooks/site.yml deployed once for the session."""
+    """The lab with playbooks/site.yml deployed once for the session.
+
+    ``COOPCTL_LAB_NO_DEPLOY=1`` skips the deploy, for a developer whose lab is deployed already.
+    """
+    if os.environ.get("COOPCTL_LAB_NO_DEPLOY"):
+        return lab_hosts
     recap = lab_hosts.deploy()
     if recap["failed"] or recap["unreachable"] or recap["rc"]:
         pytest.fail(f"deploying site.yml to the lab failed: {recap}")

@@ -20,6 +20,11 @@ def _serve(argv: list[str]) -> int:
     parser.add_argument("--listen", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--store", default=os.environ.get("NEXTCLOUD_DOUBLE_STORE", DEFAULT_STORE))
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("NEXTCLOUD_DOUBLE_DATA_DIR"),
+        help="users' homes, <data-dir>/<uid>/files (default: data/ next to the store)",
+    )
     parser.add_argument("--admin-user", default="admin")
     parser.add_argument(
         "--admin-password-file",
@@ -29,7 +34,7 @@ def _serve(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging()
-    store = Store(args.store)
+    store = Store(args.store, args.data_dir)
     store.ensure_admin(args.admin_user, args.admin_password_file.read_text().strip())
     serve(args.listen, args.port, store)
     return 0

@@ -2,9 +2,17 @@
 
 Output and exit codes follow Nextcloud's commands: ``user:list``
 (``uid: display name``, or a JSON object with ``--output=json``),
-``user:info``, ``user:delete``, ``user:disable``, ``user:enable`` and
-``user:setting``. Unknown users: "User does not exist" (``user:info``:
-"user not found"), exit code 1.
+``user:info``, ``user:delete``, ``user:disable``, ``user:enable``,
+``user:setting`` and ``user:auth-tokens:list|add|delete``. Unknown users:
+"User does not exist" (``user:info`` and ``user:auth-tokens:list``: "user not
+found"), exit code 1. ``user:delete`` also removes the user's home
+(``<data>/<uid>``) and tokens, as Nextcloud does.
+
+``user:auth-tokens:list <uid>`` prints each token's public part (id, name,
+lastActivity, type: 0 session / 1 app password, scope), never its secret;
+``user:auth-tokens:delete <uid> <id>`` deletes one (no error when it is already
+gone: Nextcloud's ``invalidateTokenById`` is silent too); ``user:auth-tokens:add
+<uid>`` creates an app password and prints it once.
 """
 
 from __future__ import annotations
@@ -15,8 +23,17 @@ import os
 import sys
 
 from . import DOUBLE_NAME
-from .server import OCSError, edit_user, quota_bytes
-from .store import DEFAULT_STORE, Store
+from .server import OCSError, edit_user
+from .store import (
+    DEFAULT_STORE,
+    PERMANENT_TOKEN,
+    Store,
+    add_token,
+    delete_token,
+    delete_tokens_of,
+    storage_info,
+    tokens_of,
+)
 
 
 def _emit(data, output: str) -> None:
@@ -39,7 +56,7 @@ def _emit(data, output: str) -> None:
                 print(f"  - {key}: {shown}")
 
 
-def _info(user: dict) -> dict:
+def _info(user: dict, store: Store) -> dict:
     return {
         "user_id": user["id"],
         "display_name": user.get("displayname") or user["id"],
@@ -48,9 +65,9 @@ def _info(user: dict) -> dict:
         "enabled": bool(user["enabled"]),
         "groups": list(user["groups"]),
         "quota": user.get("quota") or "none",
-        "storage": {"free": 0, "used": 0, "total": 0, "relative": 0, "quota": quota_bytes(user)},
+        "storage": storage_info(user, store.used_bytes(user["id"])),
         "last_seen": "1970-01-01T00:00:00+00:00",
-        "user_directory": f"/var/lib/nextcloud-double/data/{user['id']}",
+        "user_directory": str(store.home(user["id"])),
         "backend": "Database",
     }
 
@@ -66,25 +83,80 @@ def _settings(user: dict) -> dict:
     return {app: keys for app, keys in settings.items() if keys}
 
 
+def _auth_tokens(store: Store, cmd: str, rest: list[str], output: str) -> int:
+    """``occ user:auth-tokens:list|add|delete`` (core/Command/User/AuthTokens)."""
+    if not rest:
+        missing = "user" if cmd.endswith(":list") else "uid" if cmd.endswith(":delete") else "user"
+        print(f'Not enough arguments (missing: "{missing}").', file=sys.stderr)
+        return 1
+    uid = rest[0]
+    if cmd == "user:auth-tokens:list":
+        state = store.read()
+        if uid not in state["users"]:
+            print("user not found", file=sys.stderr)
+            return 1
+        tokens = tokens_of(state, uid)
+        if output == "plain":
+            for t in tokens:
+                kind = {0: "temporary", 1: "permanent"}.get(t["type"], t["type"])
+                print(
+                    f"  - id: {t['id']}, name: {t['name']}, type: {kind}, "
+                    f"lastActivity: {t['lastActivity']}"
+                )
+        else:
+            _emit(tokens, output)
+        return 0
+    if cmd == "user:auth-tokens:add":
+        with store.edit() as state:
+            if uid not in state["users"]:
+                print("user not found", file=sys.stderr)
+                return 1
+            secret = add_token(state, uid, "cli", PERMANENT_TOKEN)
+        print("app password:")
+        print(secret)
+        return 0
+    if cmd == "user:auth-tokens:delete":
+        if len(rest) < 2 or not rest[1].isdigit() or int(rest[1]) == 0:
+            print(
+                "Not enough arguments. Specify the token <id> or use the --last-used-before "
+                "or --all option.",
+                file=sys.stderr,
+            )
+            return 1
+        with store.edit() as state:
+            delete_token(state, uid, int(rest[1]))
+        return 0
+    print(
+        f'Command "{cmd}" is not defined in this occ double (a Nextcloud contract double).',
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="occ-double",
         description=f"{DOUBLE_NAME}: occ user:* of a Nextcloud CONTRACT DOUBLE (not Nextcloud)",
     )
     parser.add_argument("--store", default=os.environ.get("NEXTCLOUD_DOUBLE_STORE", DEFAULT_STORE))
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("NEXTCLOUD_DOUBLE_DATA_DIR"),
+        help="users' homes (default: data/ next to the store)",
+    )
     parser.add_argument("--output", choices=("plain", "json", "json_pretty"), default="plain")
     parser.add_argument("command")
     parser.add_argument("args", nargs="*")
     parser.add_argument("--delete", action="store_true", help="user:setting: delete the key")
     parser.add_argument("--info", "-i", action="store_true", help="user:list: show details")
     args = parser.parse_args(argv)
-    store = Store(args.store)
+    store = Store(args.store, args.data_dir)
     cmd, rest = args.command, args.args
 
     if cmd == "user:list":
         users = store.read()["users"]
         data = {
-            uid: (_info(u) if args.info else (u.get("displayname") or uid))
+            uid: (_info(u, store) if args.info else (u.get("displayname") or uid))
             for uid, u in sorted(users.items(), key=lambda kv: kv[0].lower())
         }
         _emit(data, args.output)
@@ -97,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         print('Not enough arguments (missing: "uid").', file=sys.stderr)
         return 1
 
+    if cmd.startswith("user:auth-tokens:"):
+        return _auth_tokens(store, cmd, rest, args.output)
+
     if cmd == "user:info":
         user = store.read()["users"].get(rest[0])
         if user is None:
             print("user not found", file=sys.stderr)
             return 1
-        _emit(_info(user), args.output)
+        _emit(_info(user, store), args.output)
         return 0
 
     if cmd in ("user:delete", "user:disable", "user:enable"):
@@ -113,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             if cmd == "user:delete":
                 del state["users"][rest[0]]
+                delete_tokens_of(state, rest[0])
                 print("The specified user was deleted")
             else:
                 user["enabled"] = cmd == "user:enable"
                 print(f"The specified user is {'enabled' if user['enabled'] else 'disabled'}")
+        if cmd == "user:delete":
+            store.remove_home(rest[0])
         return 0
 
     if cmd == "user:setting":

@@ -8,6 +8,16 @@ Semantics follow Nextcloud's provisioning_api app and OCS framework:
 - HTTP basic auth of an enabled account; every call also needs the header
   ``OCS-APIRequest: true``, else 997 "Current user is not logged in" (401).
 - Only members of group ``admin`` may use the user/group calls (else 403).
+- ``GET /cloud/users/details`` lists users with their data in bulk, keyed by uid
+  (``UsersController::getUsersDetails``); ``quota.used`` is the size of the files
+  under ``<data>/<uid>/files``.
+- Auth tokens as Nextcloud's ``Session`` class creates them: a password login from a client
+  that keeps cookies (it sent back ``cookie_test``) gets a session token, carried by
+  the ``nc_session_id`` cookie; app passwords (``occ-double user:auth-tokens:add``)
+  work as basic-auth passwords. A token of a disabled user is deleted at its first
+  use and refused. Nextcloud re-checks a token's user at most every 5 minutes
+  (``lastCheck``), so a disabled user may keep working up to 5 minutes there; the
+  double checks on every request (documented difference: stricter, never looser).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.cookies
 import json
 import logging
 import sys
@@ -26,13 +37,18 @@ from xml.sax.saxutils import escape
 
 from . import DOUBLE_NAME, DOUBLE_VERSION, EMULATED_NEXTCLOUD_VERSION
 from .store import (
+    ACTIVITY_UPDATE_INTERVAL,
+    TEMPORARY_TOKEN,
     Store,
+    add_token,
     check_password,
     computer_file_size,
+    delete_tokens_of,
+    find_token,
     hash_password,
     human_file_size,
     new_user,
-    quota_bytes,
+    storage_info,
     valid_uid,
 )
 
@@ -45,6 +61,8 @@ RESPOND_SERVER_ERROR = 996
 RESPOND_UNKNOWN_ERROR = 999
 OK = 200
 _AUTH_CACHE: dict[tuple, bool] = {}
+SESSION_COOKIE = "nc_session_id"
+COOKIE_TEST = "cookie_test"
 
 
 class OCSError(Exception):
@@ -119,17 +137,18 @@ def render(version: int, fmt: str, status: int, message: str, data) -> tuple[int
 
 
 # ----------------------------------------------------------------- the API
-def user_data(user: dict) -> dict:
+def user_data(user: dict, store: Store) -> dict:
+    """``AUserData::getUserData`` for an admin caller (quota from the user's files)."""
     return {
         "enabled": bool(user["enabled"]),
-        "storageLocation": f"/var/lib/nextcloud-double/data/{user['id']}",
+        "storageLocation": str(store.home(user["id"])),
         "id": user["id"],
         "firstLoginTimestamp": -1,
         "lastLoginTimestamp": user.get("lastLogin", 0),
         "lastLogin": user.get("lastLogin", 0) * 1000,
         "backend": "Database",
         "subadmin": [],
-        "quota": {"quota": quota_bytes(user), "used": 0},
+        "quota": storage_info(user, store.used_bytes(user["id"])),
         "manager": "",
         "email": user.get("email"),
         "additional_mail": [],
@@ -210,6 +229,8 @@ class API:
         if parts[:1] != ["cloud"] or len(parts) < 2:
             raise KeyError
         p = parts[1:]
+        if p == ["users", "details"]:
+            return self._dispatch(method, {"GET": self.list_users_details}, params)
         if p == ["users"]:
             return self._dispatch(method, {"GET": self.list_users, "POST": self.add_user}, params)
         if p == ["user"]:
@@ -259,7 +280,9 @@ class API:
 
     # users
     def list_users(self, params):
-        state = self.store.read()
+        return OK, "", {"users": self._search(self.store.read(), params)}
+
+    def _search(self, state: dict, params: dict) -> list[str]:
         search = (params.get("search") or "").lower()
         uids = sorted(state["users"], key=str.lower)
         if search:
@@ -270,7 +293,15 @@ class API:
                 or search in (state["users"][u].get("displayname") or "").lower()
                 or search in (state["users"][u].get("email") or "").lower()
             ]
-        return OK, "", {"users": _page(uids, params)}
+        return _page(uids, params)
+
+    def list_users_details(self, params):
+        """``getUsersDetails``: {"users": {uid: user data}}; an empty PHP array is ``[]``."""
+        state = self.store.read()
+        details = {
+            uid: user_data(state["users"][uid], self.store) for uid in self._search(state, params)
+        }
+        return OK, "", {"users": details or []}
 
     def add_user(self, params):
         uid = params.get("userid") or ""
@@ -310,6 +341,7 @@ class API:
             except OCSError:
                 del state["users"][uid]
                 raise
+        self.store.make_home(uid)
         LOG.info("created user %s", uid)
         return OK, "", {"id": uid}
 
@@ -317,7 +349,7 @@ class API:
         user = self.store.read()["users"].get(uid)
         if user is None:
             raise OCSError(404, "User does not exist")
-        return OK, "", user_data(user)
+        return OK, "", user_data(user, self.store)
 
     def put_user(self, uid, params):
         key = params.get("key")
@@ -335,6 +367,8 @@ class API:
             if uid == caller:
                 raise OCSError(101)
             del state["users"][uid]
+            delete_tokens_of(state, uid)
+        self.store.remove_home(uid)
         LOG.info("deleted user %s", uid)
         return OK, "", None
 
@@ -481,6 +515,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, http: int, ctype: str, body: bytes) -> None:
         self.send_response(http)
+        for cookie in getattr(self, "_set_cookies", []):
+            self.send_header("Set-Cookie", cookie)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Nextcloud-Double", "this is a contract double, not Nextcloud")
@@ -498,7 +534,46 @@ class Handler(BaseHTTPRequestHandler):
             return True
         return False
 
+    def _cookies(self) -> dict[str, str]:
+        jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie") or "")
+        except http.cookies.CookieError:
+            return {}
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    def _token_login(self, secret: str, login: str | None = None) -> str | None:
+        """The uid a token authenticates, or None.
+
+        Like ``Session::checkTokenCredentials`` (which Nextcloud runs at most every 5
+        minutes, the double on every use): the token of a disabled or deleted user is
+        deleted and refused. ``lastActivity`` is updated at most once a minute.
+        """
+        state = self.store.read()
+        token = find_token(state, secret)
+        if token is None or (login is not None and token["uid"] != login):
+            return None
+        user = state["users"].get(token["uid"])
+        now = int(time.time())
+        if user is None or not user.get("enabled"):
+            with self.store.edit() as state:
+                state["tokens"] = [t for t in state["tokens"] if t["id"] != token["id"]]
+            LOG.info("token %s of disabled user %s invalidated", token["id"], token["uid"])
+            return None
+        if now - int(token.get("lastActivity", 0)) >= ACTIVITY_UPDATE_INTERVAL:
+            with self.store.edit() as state:
+                for t in state["tokens"]:
+                    if t["id"] == token["id"]:
+                        t["lastActivity"] = now
+        return token["uid"]
+
     def _caller(self) -> str | None:
+        cookies = self._cookies()
+        session = cookies.get(SESSION_COOKIE)
+        if session:
+            uid = self._token_login(session)
+            if uid is not None:
+                return uid
         header = self.headers.get("Authorization") or ""
         if not header.lower().startswith("basic "):
             return None
@@ -509,13 +584,26 @@ class Handler(BaseHTTPRequestHandler):
         uid, sep, password = raw.partition(":")
         if not sep:
             return None
+        # an app password (or any token of this login) in place of the password
+        if self._token_login(password, login=uid) is not None:
+            return uid
         user = self.store.read()["users"].get(uid)
         if user is None or not user.get("enabled") or not self._password_ok(user, password):
             time.sleep(0.05)
             return None
+        # Session::logClientIn: a password login creates a session token only for a client
+        # that keeps cookies (it sent back the cookie_test cookie set on an earlier answer).
+        if COOKIE_TEST in cookies:
+            with self.store.edit() as state:
+                agent = self.headers.get("User-Agent") or "unknown client"
+                secret = add_token(state, uid, agent, TEMPORARY_TOKEN)
+            self._set_cookies.append(f"{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax")
+        else:
+            self._set_cookies.append(f"{COOKIE_TEST}=test; Path=/; Max-Age=3600")
         return uid
 
     def _handle(self) -> None:
+        self._set_cookies: list[str] = []
         url = urllib.parse.urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""

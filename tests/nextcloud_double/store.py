@@ -2,6 +2,14 @@
 
 Every operation opens, reads, changes and rewrites the file under an exclusive
 lock, so the HTTP server and the ``occ`` double can share it safely.
+
+Next to the store lives the data directory (``<store dir>/data``, as Nextcloud's
+``datadirectory``): ``<data>/<uid>/files`` is created with the account and removed
+with it, and what lies there is what the OCS API reports as the user's ``used``
+space (so a test, or an admin in the lab, can put files there and see usage).
+
+Auth tokens (Nextcloud's ``oc_authtoken``: session tokens and app passwords) are
+kept in the store too, hashed; only their public part is ever listed.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import json
 import os
 import re
 import secrets
+import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +108,12 @@ def check_password(password: str, stored: str | None) -> bool:
 
 
 def empty_state() -> dict:
-    return {"users": {}, "groups": {"admin": {"displayname": "admin"}}}
+    return {
+        "users": {},
+        "groups": {"admin": {"displayname": "admin"}},
+        "tokens": [],
+        "next_token_id": 1,
+    }
 
 
 def new_user(uid: str, password: str | None) -> dict:
@@ -125,12 +140,136 @@ def quota_bytes(user: dict) -> int | str:
     return "none" if size is None else int(size)
 
 
+# Nextcloud's FileInfo::SPACE_UNLIMITED: what the API shows as quota/free/total without a limit.
+SPACE_UNLIMITED = -3
+# IToken::TEMPORARY_TOKEN (a browser/client session) and IToken::PERMANENT_TOKEN (app password).
+TEMPORARY_TOKEN = 0
+PERMANENT_TOKEN = 1
+# Nextcloud updates a token's lastActivity at most this often (activity_update_interval).
+ACTIVITY_UPDATE_INTERVAL = 60
+
+
+def _token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def add_token(state: dict, uid: str, name: str, kind: int) -> str:
+    """Record a new auth token of `uid`; return its secret (stored only as a hash)."""
+    secret = secrets.token_urlsafe(48)
+    token_id = int(state.get("next_token_id", 1))
+    state["next_token_id"] = token_id + 1
+    now = int(time.time())
+    state.setdefault("tokens", []).append(
+        {
+            "id": token_id,
+            "uid": uid,
+            "name": name[:120] or "unknown client",
+            "type": kind,
+            "lastActivity": now,
+            "scope": {"filesystem": True},
+            "hash": _token_hash(secret),
+        }
+    )
+    return secret
+
+
+def find_token(state: dict, secret: str) -> dict | None:
+    """The token whose secret is `secret`, or None."""
+    wanted = _token_hash(secret)
+    for token in state.get("tokens", []):
+        if hmac.compare_digest(token["hash"], wanted):
+            return token
+    return None
+
+
+def tokens_of(state: dict, uid: str) -> list[dict]:
+    """A user's tokens as ``occ user:auth-tokens:list`` shows them (no secret, no hash)."""
+    return [
+        {k: t[k] for k in ("id", "name", "lastActivity", "type", "scope")}
+        for t in state.get("tokens", [])
+        if t["uid"] == uid
+    ]
+
+
+def delete_token(state: dict, uid: str, token_id: int) -> None:
+    """Nextcloud's invalidateTokenById: silently nothing when there is no such token."""
+    state["tokens"] = [
+        t for t in state.get("tokens", []) if not (t["uid"] == uid and t["id"] == token_id)
+    ]
+
+
+def delete_tokens_of(state: dict, uid: str) -> None:
+    state["tokens"] = [t for t in state.get("tokens", []) if t["uid"] != uid]
+
+
+def storage_info(user: dict, used: int | None) -> dict:
+    """OCS ``quota`` of a user, as ``AUserData::fillStorageInfo`` builds it.
+
+    `used` is None when the user's home was never set up (no files directory): then
+    Nextcloud returns only ``quota`` (bytes, or "none") and ``used: 0``.
+    """
+    if used is None:
+        return {"quota": quota_bytes(user), "used": 0}
+    limit = quota_bytes(user)
+    quota = limit if isinstance(limit, int) else SPACE_UNLIMITED
+    if quota > 0:
+        return {
+            "free": quota - used,
+            "used": used,
+            "total": quota,
+            "relative": round(used / quota * 10000) / 100,
+            "quota": quota,
+        }
+    return {
+        "free": SPACE_UNLIMITED,
+        "used": used,
+        "total": SPACE_UNLIMITED,
+        "relative": 0,
+        "quota": quota,
+    }
+
+
 class Store:
     """The JSON file. Use ``with store.edit() as state`` / ``store.read()``."""
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_STORE,
+        data_dir: str | os.PathLike[str] | None = None,
+    ):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        # Nextcloud's datadirectory: <data_dir>/<uid>/files holds a user's files.
+        self.data_dir = Path(data_dir) if data_dir else self.path.parent / "data"
+
+    def home(self, uid: str) -> Path:
+        return self.data_dir / uid
+
+    def make_home(self, uid: str) -> None:
+        """Create ``<data>/<uid>/files`` (Nextcloud sets a home up on creation/first login)."""
+        (self.home(uid) / "files").mkdir(parents=True, exist_ok=True, mode=0o750)
+
+    def remove_home(self, uid: str) -> None:
+        """Delete the user's home with everything in it (Nextcloud does on user deletion)."""
+        home = self.home(uid)
+        if home.parent == self.data_dir and valid_uid(uid):
+            shutil.rmtree(home, ignore_errors=True)
+
+    def used_bytes(self, uid: str) -> int | None:
+        """Total size of the regular files under ``<data>/<uid>/files``; None without one."""
+        files = self.home(uid) / "files"
+        if not files.is_dir():
+            return None
+        total = 0
+        for root, _dirs, names in os.walk(files):
+            for name in names:
+                try:
+                    st = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):  # symlinks and the like hold no quota
+                    total += st.st_size
+        return total
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool):
@@ -150,6 +289,8 @@ class Store:
             return empty_state()
         state.setdefault("users", {})
         state.setdefault("groups", {})
+        state.setdefault("tokens", [])
+        state.setdefault("next_token_id", 1)
         state["groups"].setdefault("admin", {"displayname": "admin"})
         return state
 
@@ -186,3 +327,4 @@ class Store:
             user["enabled"] = True
             if "admin" not in user["groups"]:
                 user["groups"].append("admin")
+        self.make_home(uid)
