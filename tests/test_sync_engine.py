@@ -266,3 +266,6 @@ def test_grace_period_counts_from_the_departure_day(with_plans, sync_config) -> 
     future = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%d")
     result = with_plans("member", "depart", "ana.lima", "--on", future, ok=False)
     assert "in the future" in result.output
+    # The ERP knew better: a departure date can be corrected, and the grace period follows it.
+    with_plans("member", "depart", "ana.lima", "--on", long_ago)
+    assert ("archive", "ana.lima") in {(str(c.action), c.uid) for c in sync.plan().changes()}

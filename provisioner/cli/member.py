@@ -268,14 +268,15 @@ def _status_command(name: str, status: str, doc: str) -> None:
         old = directory.get_member(uid)
         allowed = {"suspended": {"active"}, "active": {"suspended", "departed"},
                    "departed": {"active", "suspended"}}[status]
-        if old.status == status:
+        if old.status == status and (left is None or left == old.departure_date):
             emit(as_json, {"uid": uid, "status": status, "changes": []},
                  f"No changes: {uid} is already {status}.")
             return
-        if old.status not in allowed:
+        if old.status not in allowed | {status}:
             raise InvalidInput(f"{uid} is {old.status}; cannot {name} from there")
         new = replace(old)
-        set_status(new, status)
+        if old.status != status:
+            set_status(new, status)
         if left is not None:
             new.departure_date = left
         cs = ChangeSet(state.config.directory)
