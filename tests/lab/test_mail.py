@@ -248,12 +248,12 @@ def test_suspended_member_cannot_log_in(lab, coop):
     coop.set_status(fay, "suspended")
     with pytest.raises(imaplib.IMAP4.error):
         imap(lab, fay["uid"], fay["password"])
-    # ... and mail to a suspended member is not accepted either.
+    # ... but mail to them is still accepted and kept (a payment suspension loses no mail).
     with smtplib.SMTP(lab.addresses["mail"], 25, timeout=20) as smtp:
         smtp.ehlo("controller.test")
         smtp.mail("tester@example.org")
         code, _msg = smtp.rcpt(fay["mail"])
-    assert code == 550
+    assert code == 250
 
 
 def test_submission_needs_tls_and_the_ldap_password(lab, coop):

@@ -1,0 +1,415 @@
+"""Mail (Postfix + Dovecot 2.3, role ``mail``): what the sync does for each member's mailbox.
+
+Dovecot and Postfix read accounts and quotas from the directory live, so the sync creates
+nothing and sets no quota. What is left to it:
+
+- **welcome**: one mail to each new active member, in their language, sent once (remembered
+  in the state store as ``mail/welcome`` only after the SMTP server accepted it);
+- **suspend**: ``doveadm kick`` (an LDAP change refuses *new* logins, it does not end an open
+  IMAP session); remembered as ``mail/kicked`` so it runs once per suspension, forgotten by
+  ``restore`` when the member is active again;
+- **purge**: kick, then remove the mail home (after ``export`` put it in the archive);
+- a **finding** when a member's quota is below what their mailbox already uses: the quota is
+  already in force (Dovecot reads it from the directory), nothing can be "applied".
+
+Observation is one SSH command on the mail host (``doveadm -f tab quota get -A`` plus the list
+of mail homes); host-side changes are one run of ``playbooks/sync.yml`` for the whole batch.
+
+Purge and mail in flight: the sync purges every service *then* marks the member ``purged`` in
+the directory. Until that status is written, Postfix and Dovecot still accept the member's
+mail (a departed member's mail is kept), so a message arriving in between recreates the home.
+``plan`` therefore purges any home of a member in ``Phase.GONE`` as well: the next sync
+removes such a leftover, and once the status is ``purged`` nothing can recreate it (the
+role's delivery filter refuses the address).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.policy
+import email.utils
+import shlex
+import smtplib
+import ssl
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from provisioner.services.base import (
+    Action,
+    ChangeResult,
+    Connector,
+    Desired,
+    Finding,
+    MemberState,
+    Observation,
+    Phase,
+    Report,
+    ServiceChange,
+    ServiceUnavailable,
+)
+
+SERVICE = "mail"
+WELCOME = "welcome"   # state mark: the welcome mail was accepted by the SMTP server
+KICKED = "kicked"     # state mark: live sessions ended for the current suspension
+LANGUAGES = ("fr", "nl", "en")
+DEFAULT_LANGUAGE = "en"
+BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "welcome"
+# Where the role keeps one home per uid (mail_vmail_dir); the sync lists it to find leftovers
+# of purged members, whom Dovecot no longer knows.
+VMAIL_DIR = "/var/vmail"
+HOMES_MARK = "--coopctl-homes--"
+SMTP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One mailbox's storage as Dovecot counts it (KiB, as `doveadm quota get` prints)."""
+
+    used_kib: int
+    limit_kib: int | None  # None: no limit
+
+
+@dataclass
+class MailObservation:
+    """What the mail host shows: usage per Dovecot user (primary address), homes per uid."""
+
+    usage: dict[str, Usage]
+    homes: frozenset[str]
+    welcomed: frozenset[str]
+    kicked: frozenset[str]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def accounts(self) -> Collection[str]:
+        """Uids that have a mail home (the audit looks for homes of unknown uids)."""
+        return self.homes
+
+
+def parse_quota_tab(text: str) -> dict[str, Usage]:
+    """Parse ``doveadm -f tab quota get -A``: header, then one row per user and quota type.
+
+    Columns: Username, Quota name, Type (STORAGE in KiB, MESSAGE), Value, Limit ("-" when
+    unlimited), %. Only STORAGE rows matter here; users are keyed in lower case.
+    """
+    usage: dict[str, Usage] = {}
+    for line in text.splitlines():
+        cols = line.split("\t")
+        if len(cols) < 5 or cols[0] == "Username" or cols[2] != "STORAGE":
+            continue
+        user, value, limit = cols[0].strip().lower(), cols[3].strip(), cols[4].strip()
+        if not value.isdigit():
+            continue
+        limit_kib = int(limit) if limit.isdigit() and int(limit) > 0 else None
+        usage[user] = Usage(int(value), limit_kib)
+    return usage
+
+
+def parse_observation(text: str) -> tuple[dict[str, Usage], frozenset[str]]:
+    """Split the one read's output into quota rows and the names of the mail homes."""
+    quota, _, homes = text.partition(HOMES_MARK)
+    names = frozenset(n.strip() for n in homes.splitlines()
+                      if n.strip() and not n.strip().startswith("."))
+    return parse_quota_tab(quota), names
+
+
+def _size(kib: int) -> str:
+    """A size for a person: 512 KB, 12.3 MB, 1.5 GB."""
+    if kib < 1024:
+        return f"{kib} KB"
+    mib = kib / 1024
+    if mib < 1024:
+        return f"{mib:.1f} MB".replace(".0 MB", " MB")
+    return f"{mib / 1024:.1f} GB".replace(".0 GB", " GB")
+
+
+class WelcomeTemplates:
+    """The welcome mail's text per language: the coop's own templates first, then ours.
+
+    A template's first line is ``Subject: ...``, then a blank line, then the body.
+    """
+
+    def __init__(self, override: str | Path | None = None) -> None:
+        paths = [str(Path(override).expanduser())] if override else []
+        paths.append(str(BUILTIN_TEMPLATES))
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(paths),
+            undefined=jinja2.StrictUndefined,   # a typo in a coop's template fails loudly
+            autoescape=False,                   # plain text mail, not HTML
+            keep_trailing_newline=True,
+        )
+
+    def render(self, language: str, context: Mapping[str, Any]) -> tuple[str, str]:
+        """(subject, body) in `language`, falling back to English for another language."""
+        lang = language if language in LANGUAGES else DEFAULT_LANGUAGE
+        try:
+            template = self.env.get_template(f"{lang}.txt.j2")
+        except jinja2.TemplateNotFound:
+            template = self.env.get_template(f"{DEFAULT_LANGUAGE}.txt.j2")
+        text = template.render(**context)
+        head, _, body = text.partition("\n")
+        if not head.lower().startswith("subject:"):
+            raise ValueError(f"the welcome template {template.name} must start with "
+                             "'Subject: ...'")
+        return head.split(":", 1)[1].strip(), body.lstrip("\n")
+
+
+class MailConnector(Connector):
+    """Mailboxes on the coop's Dovecot host (see the module docstring)."""
+
+    name = SERVICE
+    network_api = False
+
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def host_group(self) -> str:
+        return str(self.runtime.settings.get("host_group") or "mail_servers")
+
+    @property
+    def vmail_dir(self) -> str:
+        return str(self.runtime.settings.get("vmail_dir") or VMAIL_DIR)
+
+    @property
+    def sender(self) -> str:
+        return str(self.runtime.settings.get("from") or f"welcome@{self.runtime.mail_domain}")
+
+    # -- observe ----------------------------------------------------------------------------
+    def observe(self, uids: Collection[str] | None = None) -> MailObservation:
+        """Usage of every mailbox and the list of homes, in one SSH command.
+
+        ``quota get -A`` walks every user Dovecot knows (the userdb's iterate filter: members
+        whose mail is kept); the homes listing also shows what purged members left behind.
+        `uids` is ignored: the listing costs the same either way.
+        """
+        script = (
+            "doveadm -f tab quota get -A && "
+            f"echo {HOMES_MARK} && "
+            f"find {shlex.quote(self.vmail_dir)} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n'"
+        )
+        try:
+            out = self.runtime.hosts.read(self.host_group, ["sh", "-c", script])
+        except Exception as exc:  # HostError, and whatever the SSH layer raises
+            raise ServiceUnavailable(f"mail host ({self.host_group}) unreadable: {exc}") from None
+        if HOMES_MARK not in out:
+            raise ServiceUnavailable("mail host: doveadm quota get -A gave no complete answer")
+        usage, homes = parse_observation(out)
+        state = self.runtime.state
+        return MailObservation(usage=usage, homes=homes,
+                               welcomed=frozenset(state.marks(SERVICE, WELCOME)),
+                               kicked=frozenset(state.marks(SERVICE, KICKED)))
+
+    # -- plan -------------------------------------------------------------------------------
+    def plan(self, desired: Mapping[str, Desired], observed: Observation) -> list[ServiceChange]:
+        """Welcome, restore, suspend, purge; quota findings go to ``observed.findings``.
+
+        Pure: the findings list is rebuilt on every call, so planning twice (plan, then the
+        verify step) reports each finding once.
+        """
+        if not isinstance(observed, MailObservation):
+            raise TypeError(f"the mail connector cannot plan from {type(observed).__name__}")
+        changes: list[ServiceChange] = []
+        findings: list[Finding] = []
+        for uid in sorted(desired):
+            want = desired[uid]
+            member, phase = want.member, want.phase
+            has_home = uid in observed.homes
+            if phase is Phase.ACTIVE:
+                if uid in observed.kicked:
+                    changes.append(self._change(Action.RESTORE, member))
+                if uid not in observed.welcomed:
+                    changes.append(self._change(Action.WELCOME, member, welcome=True))
+            elif phase is Phase.DISABLED:
+                if uid not in observed.kicked:
+                    changes.append(self._change(Action.SUSPEND, member))
+            elif phase in (Phase.PURGE, Phase.GONE) and has_home:
+                changes.append(self._change(Action.PURGE, member))
+            if phase in (Phase.ACTIVE, Phase.DISABLED):
+                finding = self._quota_finding(member, observed.usage.get(member.mail.lower()))
+                if finding:
+                    findings.append(finding)
+        observed.findings = findings
+        return changes
+
+    @staticmethod
+    def _change(action: Action, member: MemberState, welcome: bool = False) -> ServiceChange:
+        detail: dict[str, Any] = {"mail": member.mail}
+        if welcome:  # apply() has only the change: it carries what the mail needs (no secret)
+            detail |= {"name": member.display_name, "language": member.language}
+        return ServiceChange(SERVICE, action, member.uid, detail)
+
+    @staticmethod
+    def _quota_finding(member: MemberState, usage: Usage | None) -> Finding | None:
+        if usage is None:
+            return None
+        limit_kib = member.mail_quota * 1024 if member.mail_quota else usage.limit_kib
+        if not limit_kib or usage.used_kib <= limit_kib:
+            return None
+        return Finding(
+            SERVICE, member.uid,
+            f"{member.uid}'s mailbox holds {_size(usage.used_kib)} but their mail quota is "
+            f"{_size(limit_kib)}; the quota is already in force (Dovecot reads it from the "
+            "directory), so new mail is refused until they delete some or the quota is raised",
+        )
+
+    # -- apply ------------------------------------------------------------------------------
+    def apply(self, changes: Sequence[ServiceChange], report: Report) -> None:
+        """Restore and welcome locally; suspend and purge in one playbook run."""
+        host_side: list[ServiceChange] = []
+        welcomes: list[ServiceChange] = []
+        for change in changes:
+            if change.action is Action.RESTORE:
+                report(self._unmark_kicked(change))
+            elif change.action is Action.WELCOME:
+                welcomes.append(change)
+            elif change.action in (Action.SUSPEND, Action.PURGE):
+                host_side.append(change)
+            else:
+                report(ChangeResult(change, False, f"the mail connector has no {change.action}"))
+        if welcomes:
+            self._send_welcomes(welcomes, report)
+        if host_side:
+            self._run_host_side(host_side, report)
+
+    def _unmark_kicked(self, change: ServiceChange) -> ChangeResult:
+        try:
+            self.runtime.state.unmark(SERVICE, KICKED, change.uid)
+        except Exception as exc:
+            return ChangeResult(change, False, f"state store: {exc}")
+        return ChangeResult(change, True)
+
+    def _run_host_side(self, changes: Sequence[ServiceChange], report: Report) -> None:
+        items = [{"uid": c.uid, "mail": c.detail["mail"],
+                  "action": "kick" if c.action is Action.SUSPEND else "purge"} for c in changes]
+        try:
+            result = self.runtime.hosts.playbook("sync.yml", {"coop_sync_mail": items})
+        except Exception as exc:
+            result = {"ok": False, "error": str(exc), "failed_items": {}}
+        failed: Mapping[str, str] = result.get("failed_items") or {}
+        for change in changes:
+            if not result.get("ok"):
+                report(ChangeResult(change, False,
+                                    failed.get(change.uid) or result.get("error") or "failed"))
+            elif change.uid in failed:
+                report(ChangeResult(change, False, failed[change.uid]))
+            elif change.action is Action.SUSPEND:
+                try:
+                    self.runtime.state.mark(SERVICE, KICKED, change.uid)
+                except Exception as exc:
+                    report(ChangeResult(change, False, f"kicked, but the state store: {exc}"))
+                    continue
+                report(ChangeResult(change, True))
+            else:
+                report(ChangeResult(change, True))
+
+    # -- welcome ----------------------------------------------------------------------------
+    def welcome_context(self, uid: str, mail: str, name: str) -> dict[str, Any]:
+        """What a welcome template may use."""
+        settings = self.runtime.settings
+        domain = self.runtime.mail_domain
+        return {
+            "name": name, "uid": uid, "mail": mail, "coop": self.runtime.coop,
+            "mail_domain": domain,
+            "login_url": settings.get("login_url") or "",
+            "imap_host": settings.get("imap_host") or f"imap.{domain}",
+            "submission_host": settings.get("submission_host") or f"smtp.{domain}",
+            "sender": self.sender,
+        }
+
+    def welcome_message(self, uid: str, mail: str, name: str, language: str) -> EmailMessage:
+        """The welcome mail for one member (rendered, not sent)."""
+        templates = WelcomeTemplates(self.runtime.settings.get("templates_dir"))
+        subject, body = templates.render(language, self.welcome_context(uid, mail, name))
+        msg = EmailMessage(policy=email.policy.SMTP)
+        msg["From"] = self.sender
+        msg["To"] = email.utils.formataddr((name, mail))
+        msg["Subject"] = subject
+        msg["Date"] = email.utils.formatdate(localtime=True)
+        msg["Message-ID"] = email.utils.make_msgid(domain=self.runtime.mail_domain)
+        msg["Auto-Submitted"] = "auto-generated"
+        msg.set_content(body)
+        # After set_content, which replaces every Content-* header.
+        msg["Content-Language"] = language if language in LANGUAGES else DEFAULT_LANGUAGE
+        return msg
+
+    def _send_welcomes(self, changes: Sequence[ServiceChange], report: Report) -> None:
+        """One SMTP connection for the batch; each member marked once the server accepted."""
+        settings = self.runtime.settings
+        host = settings.get("smtp_host")
+        if not host:
+            for change in changes:
+                report(ChangeResult(change, False, "services.mail.smtp_host is not set"))
+            return
+        if not settings.get("login_url"):
+            for change in changes:
+                report(ChangeResult(change, False, "services.mail.login_url is not set: the "
+                                    "welcome mail must say where to log in"))
+            return
+        smtp: smtplib.SMTP | None = None
+        try:
+            smtp = self._smtp(str(host), int(settings.get("smtp_port") or 25))
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            for change in changes:
+                report(ChangeResult(change, False, f"SMTP {host}: {exc}"))
+            return
+        try:
+            for change in changes:
+                report(self._send_one(smtp, change))
+        finally:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                smtp.quit()
+
+    def _smtp(self, host: str, port: int) -> smtplib.SMTP:
+        """Connected and greeted; STARTTLS (verified with the coop CA) whenever offered."""
+        smtp = smtplib.SMTP(host, port, timeout=SMTP_TIMEOUT)
+        smtp.ehlo()
+        if smtp.has_extn("starttls"):
+            context = ssl.create_default_context(cafile=self.runtime.ca_file)
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        return smtp
+
+    def _send_one(self, smtp: smtplib.SMTP, change: ServiceChange) -> ChangeResult:
+        detail = change.detail
+        try:
+            msg = self.welcome_message(change.uid, str(detail["mail"]),
+                                       str(detail.get("name") or change.uid),
+                                       str(detail.get("language") or DEFAULT_LANGUAGE))
+        except (jinja2.TemplateError, ValueError, KeyError) as exc:
+            return ChangeResult(change, False, f"welcome template: {exc}")
+        try:
+            refused = smtp.send_message(msg, from_addr=self.sender,
+                                        to_addrs=[str(detail["mail"])])
+        except (OSError, smtplib.SMTPException) as exc:
+            return ChangeResult(change, False, f"SMTP: {exc}")
+        if refused:
+            return ChangeResult(change, False, f"SMTP refused: {refused}")
+        try:
+            self.runtime.state.mark(SERVICE, WELCOME, change.uid)
+        except Exception as exc:
+            return ChangeResult(change, False, f"sent, but the state store: {exc}")
+        return ChangeResult(change, True)
+
+    # -- export -----------------------------------------------------------------------------
+    def export(self, member: MemberState, dest: Path) -> list[Path]:
+        """The member's mail home as ``dest/mailbox.tar`` (an empty tar if they had none).
+
+        Raises ServiceUnavailable when the export failed: the sync must then not purge.
+        """
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / "mailbox.tar"
+        target.unlink(missing_ok=True)  # never mistake an older file for this export
+        item = {"uid": member.uid, "mail": member.mail, "action": "export",
+                "dest": str(dest.resolve())}
+        try:
+            result = self.runtime.hosts.playbook("sync.yml", {"coop_sync_mail": [item]})
+        except Exception as exc:
+            raise ServiceUnavailable(f"mail export of {member.uid}: {exc}") from None
+        failed = (result.get("failed_items") or {}).get(member.uid)
+        if not result.get("ok") or failed or not target.is_file():
+            raise ServiceUnavailable(f"mail export of {member.uid} failed: "
+                                     f"{failed or result.get('error') or 'no mailbox.tar'}")
+        return [target]

@@ -1,0 +1,398 @@
+"""The mail connector without a server: parsing, planning, welcome mails, apply and export.
+
+Hosts, the state store and the SMTP server are replaced by small fakes; the lab test
+(tests/lab/test_sync_mail.py) runs the same code against real Postfix and Dovecot.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from provisioner.services import mail as mailmod
+from provisioner.services.base import (
+    Action,
+    ChangeResult,
+    Desired,
+    MemberState,
+    Phase,
+    Runtime,
+    ServiceUnavailable,
+)
+from provisioner.services.mail import (
+    MailConnector,
+    MailObservation,
+    Usage,
+    WelcomeTemplates,
+    parse_observation,
+    parse_quota_tab,
+)
+
+# As Dovecot 2.3.19 (Debian 12) prints `doveadm -f tab quota get -A` (checked on the lab).
+QUOTA_TAB = (
+    "Username\tQuota name\tType\tValue\tLimit\t%\n"
+    "ana@demo.coop\tUser quota\tSTORAGE\t2048\t1024\t200\n"
+    "ana@demo.coop\tUser quota\tMESSAGE\t3\t-\t0\n"
+    "Bob@demo.coop\tUser quota\tSTORAGE\t10\t102400\t0\n"
+    "bob@demo.coop\tUser quota\tMESSAGE\t1\t-\t0\n"
+    "cy@demo.coop\tUser quota\tSTORAGE\t0\t-\t0\n"
+)
+
+
+class FakeHosts:
+    def __init__(self, read_output: str = "", playbook_result: dict | None = None,
+                 on_playbook: Any = None) -> None:
+        self.read_output = read_output
+        self.reads: list[tuple[str, list[str]]] = []
+        self.runs: list[tuple[str, dict]] = []
+        self.playbook_result = playbook_result or {"ok": True, "error": None,
+                                                   "failed_items": {}, "changed": 1}
+        self.on_playbook = on_playbook
+
+    def read(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
+        self.reads.append((group, list(argv)))
+        if isinstance(self.read_output, Exception):
+            raise self.read_output
+        return self.read_output
+
+    def playbook(self, name: str, extravars: Mapping[str, Any]) -> dict[str, Any]:
+        self.runs.append((name, dict(extravars)))
+        if self.on_playbook:
+            self.on_playbook(extravars)
+        return self.playbook_result
+
+
+class MemoryState:
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], set[str]] = {}
+
+    def marks(self, service: str, kind: str) -> set[str]:
+        return set(self.data.get((service, kind), set()))
+
+    def mark(self, service: str, kind: str, uid: str) -> None:
+        self.data.setdefault((service, kind), set()).add(uid)
+
+    def unmark(self, service: str, kind: str, uid: str) -> None:
+        self.data.get((service, kind), set()).discard(uid)
+
+
+def connector(hosts: FakeHosts | None = None, state: MemoryState | None = None,
+              **settings: Any) -> MailConnector:
+    base = {"smtp_host": "127.0.0.1", "login_url": "https://sso.demo.coop/account",
+            "imap_host": "imap.demo.coop", "submission_host": "smtp.demo.coop"}
+    runtime = Runtime(settings=base | settings, hosts=hosts or FakeHosts(),
+                      state=state or MemoryState(), mail_domain="demo.coop", coop="Demo Coop")
+    return MailConnector(runtime)
+
+
+def member(uid: str, *, status: str = "active", quota: int | None = 100,
+           language: str = "en", name: str | None = None,
+           services: tuple[str, ...] = ("mail",)) -> MemberState:
+    return MemberState(uid=uid, mail=f"{uid}@demo.coop", display_name=name or uid.title(),
+                       language=language, status=status, services=frozenset(services),
+                       groups=frozenset(), mail_quota=quota, cloud_quota=None)
+
+
+def desired(*members: MemberState, purge_due: bool = False) -> dict[str, Desired]:
+    return {m.uid: Desired(m, m.phase("mail", purge_due)) for m in members}
+
+
+def observation(*, usage: dict[str, Usage] | None = None, homes: tuple[str, ...] = (),
+                welcomed: tuple[str, ...] = (), kicked: tuple[str, ...] = ()) -> MailObservation:
+    return MailObservation(usage=usage or {}, homes=frozenset(homes),
+                           welcomed=frozenset(welcomed), kicked=frozenset(kicked))
+
+
+def actions(changes: Sequence) -> list[tuple[str, str]]:
+    return [(str(c.action), c.uid) for c in changes]
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+def test_quota_tab_keeps_storage_rows_by_lower_case_user() -> None:
+    usage = parse_quota_tab(QUOTA_TAB)
+    assert usage == {"ana@demo.coop": Usage(2048, 1024), "bob@demo.coop": Usage(10, 102400),
+                     "cy@demo.coop": Usage(0, None)}
+
+
+def test_observation_output_splits_quota_and_homes() -> None:
+    text = QUOTA_TAB + mailmod.HOMES_MARK + "\nana\nold.member\n.export\n"
+    usage, homes = parse_observation(text)
+    assert set(usage) == {"ana@demo.coop", "bob@demo.coop", "cy@demo.coop"}
+    assert homes == {"ana", "old.member"}
+
+
+def test_observe_is_one_read_with_the_marks() -> None:
+    state = MemoryState()
+    state.mark("mail", "welcome", "ana")
+    state.mark("mail", "kicked", "bob")
+    hosts = FakeHosts(QUOTA_TAB + mailmod.HOMES_MARK + "\nana\n")
+    seen = connector(hosts, state).observe()
+    assert len(hosts.reads) == 1 and hosts.reads[0][0] == "mail_servers"
+    assert "doveadm -f tab quota get -A" in hosts.reads[0][1][-1]
+    assert seen.welcomed == {"ana"} and seen.kicked == {"bob"} and seen.accounts == {"ana"}
+
+
+def test_observe_raises_service_unavailable_when_the_host_is_down() -> None:
+    with pytest.raises(ServiceUnavailable):
+        connector(FakeHosts(OSError("no route to host"))).observe()  # type: ignore[arg-type]
+    with pytest.raises(ServiceUnavailable):
+        connector(FakeHosts("doveadm: Error: ldap down\n")).observe()
+
+
+# -- plan -------------------------------------------------------------------------------------
+
+def test_active_member_is_welcomed_once() -> None:
+    conn = connector()
+    ana = member("ana", language="fr", name="Anaïs Dubœuf")
+    changes = conn.plan(desired(ana), observation())
+    assert actions(changes) == [("welcome", "ana")]
+    assert changes[0].detail == {"mail": "ana@demo.coop", "name": "Anaïs Dubœuf",
+                                 "language": "fr"}
+    assert conn.plan(desired(ana), observation(welcomed=("ana",))) == []
+
+
+def test_suspended_member_is_kicked_once_and_restored_when_active() -> None:
+    conn = connector()
+    bob = member("bob", status="suspended")
+    assert actions(conn.plan(desired(bob), observation(welcomed=("bob",)))) == [
+        ("suspend", "bob")]
+    assert conn.plan(desired(bob), observation(welcomed=("bob",), kicked=("bob",))) == []
+    back = member("bob")
+    assert actions(conn.plan(desired(back), observation(welcomed=("bob",), kicked=("bob",)))) \
+        == [("restore", "bob")]
+
+
+def test_dropped_service_and_departure_in_grace_are_disabled() -> None:
+    conn = connector()
+    cy = member("cy", services=("cloud",))
+    dee = member("dee", status="departed")
+    changes = conn.plan(desired(cy, dee), observation(welcomed=("cy", "dee"), homes=("dee",)))
+    assert actions(changes) == [("suspend", "cy"), ("suspend", "dee")]
+
+
+def test_purge_and_gone_remove_a_home_and_only_a_home() -> None:
+    conn = connector()
+    eve = member("eve", status="departed")
+    fox = member("fox", status="departed")
+    gus = member("gus", status="purged")   # mail arrived between purge and the status change
+    hal = member("hal", status="purged")
+    changes = conn.plan(desired(eve, fox, gus, hal, purge_due=True),
+                        observation(homes=("eve", "gus", "stranger")))
+    assert actions(changes) == [("purge", "eve"), ("purge", "gus")]
+    assert all(c.destructive for c in changes)
+
+
+def test_quota_below_usage_is_a_finding_not_a_change() -> None:
+    conn = connector()
+    ana = member("ana", quota=1)          # 1 MiB, uses 2 MiB
+    bob = member("bob", quota=None)       # no quota in the entry: Dovecot's limit counts
+    seen = observation(usage=parse_quota_tab(QUOTA_TAB), welcomed=("ana", "bob"))
+    assert conn.plan(desired(ana, bob), seen) == []
+    assert len(seen.findings) == 1
+    finding = seen.findings[0]
+    assert finding.uid == "ana" and finding.service == "mail"
+    assert "2 MB" in finding.message and "1 MB" in finding.message
+    assert "already in force" in finding.message
+    conn.plan(desired(ana, bob), seen)     # planning again does not repeat it
+    assert len(seen.findings) == 1
+
+
+def test_members_absent_from_desired_are_never_touched() -> None:
+    conn = connector()
+    assert conn.plan({}, observation(homes=("someone",), kicked=("other",))) == []
+
+
+# -- welcome mail -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("language", "words"), [
+    ("fr", ["Bienvenue", "Mot de passe oublié", "identifiant"]),
+    ("nl", ["Welkom", "Wachtwoord vergeten", "gebruikersnaam"]),
+    ("en", ["Welcome", "Forgot password", "login name"]),
+])
+def test_welcome_mail_in_each_language_with_a_non_ascii_name(language: str,
+                                                            words: list[str]) -> None:
+    conn = connector()
+    msg = conn.welcome_message("zoe.dubuc", "zoe.dubuc@demo.coop", "Zoë Dubœuf-Çelik", language)
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    body = parsed.get_content()
+    assert words[0] in str(parsed["Subject"])
+    for word in words:
+        assert word in body or word in str(parsed["Subject"])
+    assert "Zoë Dubœuf-Çelik" in body and "Zoë Dubœuf-Çelik" in str(parsed["To"])
+    for shown in ("zoe.dubuc", "zoe.dubuc@demo.coop", "https://sso.demo.coop/account",
+                  "imap.demo.coop", "993", "smtp.demo.coop", "587"):
+        assert shown in body, shown
+    assert parsed["Content-Language"] == language
+    assert parsed["From"] == "welcome@demo.coop"
+    assert "{{" not in body and "Subject:" not in body
+
+
+def test_unknown_language_falls_back_to_english() -> None:
+    msg = connector().welcome_message("ana", "ana@demo.coop", "Ana", "de")
+    assert str(msg["Subject"]).startswith("Welcome")
+
+
+def test_coop_templates_override_ours(tmp_path: Path) -> None:
+    (tmp_path / "nl.txt.j2").write_text("Subject: Dag {{ name }}\n\nLog in: {{ login_url }}\n")
+    conn = connector(templates_dir=str(tmp_path))
+    assert conn.welcome_message("ana", "ana@demo.coop", "Ana", "nl")["Subject"] == "Dag Ana"
+    # Languages the coop did not override still use ours.
+    assert str(conn.welcome_message("ana", "ana@demo.coop", "Ana", "fr")["Subject"]) \
+        .startswith("Bienvenue")
+
+
+def test_template_without_subject_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "en.txt.j2").write_text("Hello {{ name }}\n")
+    with pytest.raises(ValueError, match="Subject"):
+        WelcomeTemplates(tmp_path).render("en", {"name": "x"})
+
+
+class FakeSMTP:
+    """Stands in for smtplib.SMTP: accepts every recipient but `refuse`."""
+
+    sent: ClassVar[list[Any]] = []
+    refuse: ClassVar[set[str]] = set()
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port = host, port
+
+    def ehlo(self) -> None: ...
+
+    def has_extn(self, name: str) -> bool:
+        return False
+
+    def send_message(self, msg: Any, from_addr: str, to_addrs: list[str]) -> dict:
+        if set(to_addrs) & self.refuse:
+            raise smtplib.SMTPRecipientsRefused({to_addrs[0]: (550, b"no")})
+        FakeSMTP.sent.append(msg)
+        return {}
+
+    def quit(self) -> None: ...
+
+
+def test_welcome_is_marked_only_once_the_server_accepted(monkeypatch) -> None:
+    monkeypatch.setattr(mailmod.smtplib, "SMTP", FakeSMTP)
+    FakeSMTP.sent, FakeSMTP.refuse = [], {"bob@demo.coop"}
+    state = MemoryState()
+    conn = connector(state=state)
+    changes = conn.plan(desired(member("ana"), member("bob")), observation())
+    results: list[ChangeResult] = []
+    conn.apply(changes, results.append)
+    assert [(r.change.uid, r.ok) for r in results] == [("ana", True), ("bob", False)]
+    assert state.marks("mail", "welcome") == {"ana"}
+    assert len(FakeSMTP.sent) == 1
+
+
+def test_welcome_without_smtp_host_fails_without_raising() -> None:
+    state = MemoryState()
+    conn = connector(state=state, smtp_host="")
+    results: list[ChangeResult] = []
+    conn.apply(conn.plan(desired(member("ana")), observation()), results.append)
+    assert not results[0].ok and "smtp_host" in (results[0].error or "")
+    assert state.marks("mail", "welcome") == set()
+
+
+def test_welcome_when_the_smtp_server_is_down(monkeypatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr(mailmod.smtplib, "SMTP", refuse)
+    conn = connector()
+    results: list[ChangeResult] = []
+    conn.apply(conn.plan(desired(member("ana"), member("bob")), observation()), results.append)
+    assert [r.ok for r in results] == [False, False]
+
+
+# -- apply on the host ------------------------------------------------------------------------
+
+def test_suspend_and_purge_are_one_playbook_run_and_failures_stay_per_member() -> None:
+    hosts = FakeHosts(playbook_result={"ok": True, "error": None,
+                                       "failed_items": {"cy": "doveadm: Fatal"}, "changed": 2})
+    state = MemoryState()
+    conn = connector(hosts, state)
+    changes = conn.plan(
+        desired(member("ana", status="suspended"), member("cy", status="suspended"),
+                member("bob", status="purged")),
+        observation(homes=("bob",), welcomed=("ana", "cy")))
+    results: list[ChangeResult] = []
+    conn.apply(changes, results.append)
+    assert len(hosts.runs) == 1
+    name, extravars = hosts.runs[0]
+    assert name == "sync.yml"
+    assert extravars == {"coop_sync_mail": [
+        {"uid": "ana", "mail": "ana@demo.coop", "action": "kick"},
+        {"uid": "bob", "mail": "bob@demo.coop", "action": "purge"},
+        {"uid": "cy", "mail": "cy@demo.coop", "action": "kick"},
+    ]}
+    outcome = {r.change.uid: (r.ok, r.error) for r in results}
+    assert outcome == {"bob": (True, None), "ana": (True, None), "cy": (False, "doveadm: Fatal")}
+    assert state.marks("mail", "kicked") == {"ana"}
+
+
+def test_a_failed_run_fails_every_item_and_marks_nothing() -> None:
+    hosts = FakeHosts(playbook_result={"ok": False, "error": "host unreachable: mail",
+                                       "failed_items": {}, "changed": 0})
+    state = MemoryState()
+    conn = connector(hosts, state)
+    results: list[ChangeResult] = []
+    conn.apply(conn.plan(desired(member("ana", status="suspended")),
+                         observation(welcomed=("ana",))), results.append)
+    assert [(r.ok, r.error) for r in results] == [(False, "host unreachable: mail")]
+    assert state.marks("mail", "kicked") == set()
+
+
+def test_a_playbook_that_raises_is_reported_not_raised() -> None:
+    def boom(extravars: Mapping[str, Any]) -> None:
+        raise RuntimeError("no inventory")
+
+    conn = connector(FakeHosts(on_playbook=boom))
+    results: list[ChangeResult] = []
+    conn.apply(conn.plan(desired(member("ana", status="suspended")), observation()),
+               results.append)
+    assert [(r.ok, r.error) for r in results] == [(False, "no inventory")]
+
+
+def test_restore_unmarks_without_touching_the_host() -> None:
+    hosts, state = FakeHosts(), MemoryState()
+    state.mark("mail", "kicked", "ana")
+    conn = connector(hosts, state)
+    results: list[ChangeResult] = []
+    conn.apply(conn.plan(desired(member("ana")), observation(welcomed=("ana",), kicked=("ana",))),
+               results.append)
+    assert [(str(r.change.action), r.ok) for r in results] == [(str(Action.RESTORE), True)]
+    assert hosts.runs == [] and state.marks("mail", "kicked") == set()
+
+
+# -- export -----------------------------------------------------------------------------------
+
+def test_export_fetches_one_tar(tmp_path: Path) -> None:
+    def fetched(extravars: Mapping[str, Any]) -> None:
+        (item,) = extravars["coop_sync_mail"]
+        assert item["action"] == "export" and item["uid"] == "ana"
+        Path(item["dest"], "mailbox.tar").write_bytes(b"tar")
+
+    conn = connector(FakeHosts(on_playbook=fetched))
+    files = conn.export(member("ana", status="departed"), tmp_path / "stage" / "mail")
+    assert files == [tmp_path / "stage" / "mail" / "mailbox.tar"]
+
+
+def test_export_failure_raises_so_that_nothing_is_purged(tmp_path: Path) -> None:
+    stale = tmp_path / "mailbox.tar"
+    stale.write_bytes(b"old")
+    hosts = FakeHosts(playbook_result={"ok": True, "error": None,
+                                       "failed_items": {"ana": "tar: failed"}, "changed": 0})
+    with pytest.raises(ServiceUnavailable, match="tar: failed"):
+        connector(hosts).export(member("ana", status="departed"), tmp_path)
+    assert not stale.exists()
+
+
+def test_phase_table_matches_the_design() -> None:
+    assert member("a").phase("mail", False) is Phase.ACTIVE
+    assert member("a", status="departed").phase("mail", True) is Phase.PURGE
