@@ -352,28 +352,43 @@ class Sync:
 
     def _archive(self, plan: SyncPlan, connectors: Mapping[str, Connector],
                  report: Callable[[ChangeResult], None]) -> list[str]:
-        done = []
+        """Export every member due for archiving (one batch per service), pack and verify."""
+        done: list[str] = []
+        if not plan.archives:
+            return done
         archive_dir = self.settings.archive_dir
         archive_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        down = [s for s, p in plan.services.items() if p.error]
+        if down:
+            for uid in plan.archives:
+                report(ChangeResult(ServiceChange(ARCHIVE_SERVICE, Action.ARCHIVE, uid), False,
+                                    f"not archived: {', '.join(down)} could not be read, so "
+                                    "the archive would be incomplete"))
+            return done
+        stages = {uid: archive.staging_dir(archive_dir, uid) for uid in plan.archives}
+        results: dict[str, dict[str, list[Path] | Exception]] = {}
+        for name, connector in connectors.items():
+            items = [(plan.desired[uid], stages[uid] / name) for uid in plan.archives]
+            for _member, dest in items:
+                dest.mkdir(mode=0o700, exist_ok=True)
+            try:
+                results[name] = connector.export_many(items)
+            except Exception as exc:  # a connector bug must not let a purge through
+                results[name] = {uid: exc for uid in plan.archives}
         for uid in plan.archives:
             change = ServiceChange(ARCHIVE_SERVICE, Action.ARCHIVE, uid)
-            down = [s for s, p in plan.services.items() if p.error]
-            if down:
-                report(ChangeResult(change, False, f"not archived: {', '.join(down)} could not "
-                                    "be read, so the archive would be incomplete"))
+            errors = [f"{name}: {_message(r[uid])}" for name, r in results.items()
+                      if isinstance(r.get(uid), Exception) or uid not in r]
+            if errors:
+                report(ChangeResult(change, False, "archive failed: " + "; ".join(errors)))
                 continue
             member = plan.desired[uid]
-            stage = archive.staging_dir(archive_dir, uid)
+            files = {name: len(r[uid]) for name, r in results.items()}  # type: ignore[arg-type]
             try:
-                files = {}
-                for name, connector in connectors.items():
-                    dest = stage / name
-                    dest.mkdir(mode=0o700)
-                    files[name] = len(connector.export(member, dest))
-                path = archive.pack(stage, archive_dir, uid, {
+                path = archive.pack(stages[uid], archive_dir, uid, {
                     "mail": member.mail, "display_name": member.display_name,
                     "services": files, "coop": self.config.coop})
-            except (CoopError, ServiceUnavailable, OSError) as exc:
+            except (CoopError, OSError) as exc:
                 report(ChangeResult(change, False, f"archive failed: {_message(exc)}"))
                 continue
             report(ChangeResult(ServiceChange(ARCHIVE_SERVICE, Action.ARCHIVE, uid,

@@ -238,3 +238,63 @@ class Connector(ABC):
         Services that hold nothing of the member's own (SSO) write nothing.
         """
         return []
+
+    def export_many(self, items: Sequence[tuple[MemberState, Path]]
+                    ) -> dict[str, list[Path] | Exception]:
+        """Export several members at once: uid -> files written, or why it failed.
+
+        The default calls export() per member; connectors whose export runs on a host
+        override it (PlaybookExport) so that a batch of departures is one Ansible run.
+        """
+        out: dict[str, list[Path] | Exception] = {}
+        for member, dest in items:
+            try:
+                out[member.uid] = self.export(member, dest)
+            except (ServiceUnavailable, OSError, ValueError) as exc:
+                out[member.uid] = exc
+        return out
+
+
+class PlaybookExport:
+    """Export through playbooks/sync.yml: one run for every member of the batch.
+
+    The role's tasks/sync.yml handles items ``{uid, action: export, dest}`` by archiving the
+    member's data on the host and fetching it to ``dest/<export_file>`` on the controller.
+    """
+
+    export_var: ClassVar[str]   # the extra var of sync.yml, e.g. coop_sync_mail
+    export_file: ClassVar[str]  # what the role fetches into dest, e.g. mailbox.tar
+    runtime: Runtime
+    name: ClassVar[str]
+
+    def export_item(self, member: MemberState, dest: Path) -> dict[str, Any]:
+        return {"uid": member.uid, "action": "export", "dest": str(dest.resolve())}
+
+    def export_many(self, items: Sequence[tuple[MemberState, Path]]
+                    ) -> dict[str, list[Path] | Exception]:
+        for _member, dest in items:
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / self.export_file).unlink(missing_ok=True)  # never an older file
+        try:
+            result = self.runtime.hosts.playbook(
+                "sync.yml", {self.export_var: [self.export_item(m, d) for m, d in items]})
+        except Exception as exc:  # the run could not start: every export failed
+            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            return {m.uid: ServiceUnavailable(f"{self.name} export: {reason}") for m, _ in items}
+        failed = result.get("failed_items") or {}
+        out: dict[str, list[Path] | Exception] = {}
+        for member, dest in items:
+            target = dest / self.export_file
+            if member.uid in failed or not result.get("ok") or not target.is_file():
+                reason = failed.get(member.uid) or result.get("error") or f"no {target.name}"
+                out[member.uid] = ServiceUnavailable(
+                    f"{self.name} export of {member.uid} failed: {reason}")
+            else:
+                out[member.uid] = [target]
+        return out
+
+    def export(self, member: MemberState, dest: Path) -> list[Path]:
+        result = self.export_many([(member, dest)])[member.uid]
+        if isinstance(result, Exception):
+            raise result
+        return result

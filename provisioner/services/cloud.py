@@ -48,6 +48,7 @@ from provisioner.services.base import (
     MemberState,
     Observation,
     Phase,
+    PlaybookExport,
     Report,
     ServiceChange,
     ServiceUnavailable,
@@ -170,8 +171,11 @@ def _account(uid: str, data: Mapping[str, Any]) -> CloudAccount:
     )
 
 
-class CloudConnector(Connector):
+class CloudConnector(PlaybookExport, Connector):
     """Nextcloud through its OCS provisioning API, host work through the sync playbook."""
+
+    export_var = "coop_sync_cloud"
+    export_file = "files.tar"
 
     name: ClassVar[str] = "cloud"
 
@@ -514,23 +518,6 @@ class CloudConnector(Connector):
                 report(ChangeResult(change, True))
 
     # ------------------------------------------------------------------ export
-    def export(self, member: MemberState, dest: Path) -> list[Path]:
-        """Fetch the member's files as ``dest/files.tar`` (archived on the cloud host)."""
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = dest / "files.tar"
-        item = self._item(member.uid, "export", dest=str(dest.resolve()))
-        try:
-            result = self.runtime.hosts.playbook("sync.yml", {"coop_sync_cloud": [item]})
-        except Exception as exc:
-            message = getattr(exc, "message", None) or type(exc).__name__
-            raise ServiceUnavailable(f"cloud: exporting {member.uid}'s files failed: {message}"
-                                     ) from None
-        failed = result.get("failed_items") or {}
-        if member.uid in failed or not result.get("ok", False):
-            reason = failed.get(member.uid) or result.get("error") or "failed"
-            raise ServiceUnavailable(f"cloud: exporting {member.uid}'s files failed: {reason}")
-        if not archive.is_file():
-            raise ServiceUnavailable(
-                f"cloud: exporting {member.uid}'s files wrote no {archive} (is a host in "
-                f"{self._host_group}?)")
-        return [archive]
+    def export_item(self, member: MemberState, dest: Path) -> dict[str, Any]:
+        """The member's files, archived on the cloud host, as ``dest/files.tar``."""
+        return self._item(member.uid, "export", dest=str(dest.resolve()))

@@ -48,6 +48,7 @@ from provisioner.services.base import (
     MemberState,
     Observation,
     Phase,
+    PlaybookExport,
     Report,
     ServiceChange,
     ServiceUnavailable,
@@ -158,8 +159,11 @@ class WelcomeTemplates:
         return head.split(":", 1)[1].strip(), body.lstrip("\n")
 
 
-class MailConnector(Connector):
+class MailConnector(PlaybookExport, Connector):
     """Mailboxes on the coop's Dovecot host (see the module docstring)."""
+
+    export_var = "coop_sync_mail"
+    export_file = "mailbox.tar"
 
     name = SERVICE
     network_api = False
@@ -394,22 +398,7 @@ class MailConnector(Connector):
         return ChangeResult(change, True)
 
     # -- export -----------------------------------------------------------------------------
-    def export(self, member: MemberState, dest: Path) -> list[Path]:
-        """The member's mail home as ``dest/mailbox.tar`` (an empty tar if they had none).
-
-        Raises ServiceUnavailable when the export failed: the sync must then not purge.
-        """
-        dest.mkdir(parents=True, exist_ok=True)
-        target = dest / "mailbox.tar"
-        target.unlink(missing_ok=True)  # never mistake an older file for this export
-        item = {"uid": member.uid, "mail": member.mail, "action": "export",
+    def export_item(self, member: MemberState, dest: Path) -> dict[str, Any]:
+        """The member's mail home as ``dest/mailbox.tar`` (an empty tar if they had none)."""
+        return {"uid": member.uid, "mail": member.mail, "action": "export",
                 "dest": str(dest.resolve())}
-        try:
-            result = self.runtime.hosts.playbook("sync.yml", {"coop_sync_mail": [item]})
-        except Exception as exc:
-            raise ServiceUnavailable(f"mail export of {member.uid}: {exc}") from None
-        failed = (result.get("failed_items") or {}).get(member.uid)
-        if not result.get("ok") or failed or not target.is_file():
-            raise ServiceUnavailable(f"mail export of {member.uid} failed: "
-                                     f"{failed or result.get('error') or 'no mailbox.tar'}")
-        return [target]

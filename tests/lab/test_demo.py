@@ -38,6 +38,17 @@ def test_demo_audit_sees_the_directory_in_the_services(demo_output: str) -> None
     assert "pads: Etherpad's API answers coopctl" in demo_output
 
 
+def test_demo_provisions_through_sync_and_archives_a_departure(demo_output: str) -> None:
+    """The plan is shown, applied, the leaver's data archived and verified, then nothing left."""
+    assert "Plan: " in demo_output and "welcome" in demo_output
+    listing = demo_output.split("departure archive ", 1)[1]
+    assert "(verified:" in listing.splitlines()[0]
+    assert "MANIFEST.json" not in listing.splitlines()[0]
+    assert "mail/mailbox.tar" in listing and "cloud/files.tar" in listing
+    last_sync = demo_output.rsplit("$ coopctl sync", 1)[1]
+    assert "No changes: every service matches the directory." in last_sync
+
+
 def test_demo_members_are_in_the_lab_directory(coopctl_config: Path) -> None:
     out = subprocess.run([COOPCTL, "--config", str(coopctl_config), "member", "list", "--json",
                           "--status", "suspended"], capture_output=True, text=True, check=True)
