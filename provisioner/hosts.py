@@ -77,9 +77,15 @@ class InventoryHosts:
         return argv
 
     def read(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
-        """Run a read-only command on the first host of `group`; return its stdout."""
-        command = " ".join(shlex.quote(a) for a in argv)
+        """Run a read-only command on the first host of `group`; return its stdout.
+
+        As root: over SSH as root, or through `sudo -n` when the inventory logs in as another
+        user (doveadm and DokuWiki's ACL file need root; Ansible would `become` the same way).
+        """
         ssh = self._ssh_argv(group)
+        if not ssh[-1].startswith("root@"):
+            argv = ["sudo", "-n", "--", *argv]
+        command = " ".join(shlex.quote(a) for a in argv)
         try:
             done = subprocess.run([*ssh, command], capture_output=True, text=True,
                                   timeout=timeout, check=False, stdin=subprocess.DEVNULL)

@@ -407,19 +407,36 @@ class WikiConnector(Connector):
         Raises ServiceUnavailable when the archive could not be made: a purge must never follow
         a missing export.
         """
-        dest.mkdir(parents=True, exist_ok=True)
-        target = dest.resolve() / "wiki.tar"
-        item = {"uid": member.uid, "action": "export", "ns": page_name(member.uid),
-                "dest": str(dest.resolve())}
+        result = self.export_many([(member, dest)])[member.uid]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def export_many(self, items: Sequence[tuple[MemberState, Path]]
+                    ) -> dict[str, list[Path] | Exception]:
+        """Every member's namespace in one playbook run (`dest/wiki.tar` each)."""
+        changes = []
+        for member, dest in items:
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / "wiki.tar").unlink(missing_ok=True)
+            changes.append({"uid": member.uid, "action": "export",
+                            "ns": page_name(member.uid), "dest": str(dest.resolve())})
         outcome = self._run({"acl_file": self.acl_file, "data_dir": self.data_dir,
-                             "changes": [item]})
+                             "changes": changes})
         failed = outcome.get("failed_items") or {}
-        if not outcome["ok"] or member.uid in failed:
-            raise ServiceUnavailable(
-                f"wiki export of {member.uid} failed: {outcome['error'] or failed[member.uid]}")
-        if not target.is_file():
-            raise ServiceUnavailable(f"wiki export of {member.uid} wrote no {target}")
-        return [target]
+        out: dict[str, list[Path] | Exception] = {}
+        for member, dest in items:
+            target = dest.resolve() / "wiki.tar"
+            if not outcome["ok"] or member.uid in failed:
+                out[member.uid] = ServiceUnavailable(
+                    f"wiki export of {member.uid} failed: "
+                    f"{failed.get(member.uid) or outcome['error']}")
+            elif not target.is_file():
+                out[member.uid] = ServiceUnavailable(
+                    f"wiki export of {member.uid} wrote no {target}")
+            else:
+                out[member.uid] = [target]
+        return out
 
 
 def _names(line: str, uid: str) -> bool:
