@@ -83,7 +83,7 @@ class InventoryHosts:
         user (doveadm and DokuWiki's ACL file need root; Ansible would `become` the same way).
         """
         ssh = self._ssh_argv(group)
-        if not ssh[-1].startswith("root@"):
+        if "@" in ssh[-1] and not ssh[-1].startswith("root@"):
             argv = ["sudo", "-n", "--", *argv]
         command = " ".join(shlex.quote(a) for a in argv)
         try:
