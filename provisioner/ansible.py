@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from provisioner.errors import CoopError
 
@@ -147,6 +148,15 @@ def prepare_artifacts(echo: Callable[[str], None] = print) -> None:
     echo(f"artifacts ready in {time.monotonic() - started:.1f} s")
 
 
+def _recap(result: Any, started: float) -> Recap:
+    """The Recap of an ansible-runner run begun at `started` (time.monotonic())."""
+    recap = Recap(rc=result.rc, status=result.status, seconds=time.monotonic() - started)
+    for key, name in STAT_KEYS.items():
+        for host, count in ((result.stats or {}).get(key) or {}).items():
+            recap.hosts.setdefault(host, {v: 0 for v in STAT_KEYS.values()})[name] = count
+    return recap
+
+
 def deploy_playbook(
     inventory: Path,
     *,
@@ -195,10 +205,7 @@ def deploy_playbook(
         rotate_artifacts=5,
         suppress_env_files=True,
     )
-    recap = Recap(rc=result.rc, status=result.status, seconds=time.monotonic() - started)
-    for key, name in STAT_KEYS.items():
-        for host, count in ((result.stats or {}).get(key) or {}).items():
-            recap.hosts.setdefault(host, {v: 0 for v in STAT_KEYS.values()})[name] = count
+    recap = _recap(result, started)
     for host in sorted(recap.hosts):
         counts = recap.hosts[host]
         echo(
@@ -302,10 +309,7 @@ def run_sync_playbook(
         rotate_artifacts=3,
         suppress_env_files=True,
     )
-    recap = Recap(rc=result.rc, status=result.status, seconds=time.monotonic() - started)
-    for key, name in STAT_KEYS.items():
-        for host, count in ((result.stats or {}).get(key) or {}).items():
-            recap.hosts.setdefault(host, {v: 0 for v in STAT_KEYS.values()})[name] = count
+    recap = _recap(result, started)
     error = None
     if collector.unreachable:
         error = "host unreachable: " + "; ".join(collector.unreachable)

@@ -7,12 +7,6 @@ in the lab tests.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +19,6 @@ from provisioner.services.base import (
     ChangeResult,
     Desired,
     MemberState,
-    Runtime,
     ServiceChange,
     ServiceUnavailable,
 )
@@ -36,8 +29,8 @@ from provisioner.services.cloud import (
     CloudObservation,
     nextcloud_stored_quota,
 )
+from tests.sync_helpers import MemoryState, free_port, runtime, serve_nextcloud_double
 
-TESTS_DIR = Path(__file__).resolve().parent
 ADMIN_PASSWORD = "cloud-admin-Secret-42"
 
 
@@ -62,20 +55,6 @@ class RecordingHosts:
                 "failed_items": dict(self.fail), "changed": 1}
 
 
-class MemoryState:
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], set[str]] = {}
-
-    def marks(self, service: str, kind: str) -> set[str]:
-        return set(self.data.get((service, kind), set()))
-
-    def mark(self, service: str, kind: str, uid: str) -> None:
-        self.data.setdefault((service, kind), set()).add(uid)
-
-    def unmark(self, service: str, kind: str, uid: str) -> None:
-        self.data.get((service, kind), set()).discard(uid)
-
-
 def member(uid: str, *, status: str = "active", groups: Sequence[str] = ("members",),
            quota: int | None = 1024, services: Sequence[str] = ("cloud", "mail")) -> MemberState:
     return MemberState(
@@ -98,10 +77,8 @@ def connector(url: str = "http://127.0.0.1:9", secret_file: Path | None = None,
 
     settings_all = {"url": url, "admin_user": "admin",
                     "admin_secret_file": str(secret_file or "/nonexistent"), **settings}
-    runtime = Runtime(settings=settings_all, hosts=hosts or RecordingHosts(),
-                      state=state or MemoryState(), mail_domain="demo.coop", coop="demo",
-                      secret=secret)
-    return CloudConnector(runtime)
+    return CloudConnector(runtime(hosts or RecordingHosts(), state, settings=settings_all,
+                                  secret=secret))
 
 
 def apply(conn: CloudConnector, changes: Sequence[ServiceChange]) -> list[ChangeResult]:
@@ -121,12 +98,6 @@ def observation(*accounts: CloudAccount, groups: Sequence[str] = ("admin", "memb
     return CloudObservation({a.uid: a for a in accounts}, frozenset(groups), frozenset(managed))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def cloud(tmp_path):
     """The double on loopback; yields what a test needs to reach it and its data."""
@@ -134,32 +105,11 @@ def cloud(tmp_path):
     secret.write_text(ADMIN_PASSWORD + "\n")
     secret.chmod(0o600)
     store = tmp_path / "double" / "store.json"
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nextcloud_double", "serve", "--port", str(port),
-         "--store", str(store), "--admin-password-file", str(secret)],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            urllib.request.urlopen(base + "/status.php", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(
-                    "the double did not start: " + (proc.stderr.read() or "")
-                ) from None
-            time.sleep(0.05)
-    hosts, state = RecordingHosts(), MemoryState()
-    conn = connector(base, secret, hosts, state, page_size=2)
-    yield {"conn": conn, "hosts": hosts, "state": state, "base": base, "secret": secret,
-           "data": store.parent / "data", "store": store, "env": env}
-    proc.terminate()
-    proc.wait(timeout=5)
+    with serve_nextcloud_double(store, secret) as (base, env, _proc):
+        hosts, state = RecordingHosts(), MemoryState()
+        conn = connector(base, secret, hosts, state, page_size=2)
+        yield {"conn": conn, "hosts": hosts, "state": state, "base": base, "secret": secret,
+               "data": store.parent / "data", "store": store, "env": env}
 
 
 def converge(conn: CloudConnector, want: Mapping[str, Desired]) -> list[ServiceChange]:
@@ -406,7 +356,7 @@ def test_export_goes_through_the_sync_playbook(tmp_path):
 def test_service_down_is_service_unavailable(tmp_path):
     secret = tmp_path / "s"
     secret.write_text(ADMIN_PASSWORD)
-    conn = connector(f"http://127.0.0.1:{_free_port()}", secret)
+    conn = connector(f"http://127.0.0.1:{free_port()}", secret)
     with pytest.raises(ServiceUnavailable, match="cannot reach"):
         conn.observe()
     changes = [ServiceChange("cloud", Action.RESTORE, "jan"),
@@ -415,7 +365,7 @@ def test_service_down_is_service_unavailable(tmp_path):
     assert not any(r.ok for r in results)
     assert all("cannot reach" in (r.error or "") for r in results)
     with pytest.raises(ServiceUnavailable, match="admin_secret_file"):
-        connector(f"http://127.0.0.1:{_free_port()}").observe()
+        connector(f"http://127.0.0.1:{free_port()}").observe()
 
 
 def test_wrong_admin_password_is_refused_without_leaking_it(cloud, tmp_path):

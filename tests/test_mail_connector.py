@@ -22,7 +22,6 @@ from provisioner.services.base import (
     Desired,
     MemberState,
     Phase,
-    Runtime,
     ServiceUnavailable,
 )
 from provisioner.services.mail import (
@@ -33,6 +32,7 @@ from provisioner.services.mail import (
     parse_observation,
     parse_quota_tab,
 )
+from tests.sync_helpers import MemoryState, runtime
 
 # As Dovecot 2.3.19 (Debian 12) prints `doveadm -f tab quota get -A` (checked on the lab).
 QUOTA_TAB = (
@@ -68,27 +68,12 @@ class FakeHosts:
         return self.playbook_result
 
 
-class MemoryState:
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], set[str]] = {}
-
-    def marks(self, service: str, kind: str) -> set[str]:
-        return set(self.data.get((service, kind), set()))
-
-    def mark(self, service: str, kind: str, uid: str) -> None:
-        self.data.setdefault((service, kind), set()).add(uid)
-
-    def unmark(self, service: str, kind: str, uid: str) -> None:
-        self.data.get((service, kind), set()).discard(uid)
-
-
 def connector(hosts: FakeHosts | None = None, state: MemoryState | None = None,
               **settings: Any) -> MailConnector:
     base = {"smtp_host": "127.0.0.1", "login_url": "https://sso.demo.coop/account",
             "imap_host": "imap.demo.coop", "submission_host": "smtp.demo.coop"}
-    runtime = Runtime(settings=base | settings, hosts=hosts or FakeHosts(),
-                      state=state or MemoryState(), mail_domain="demo.coop", coop="Demo Coop")
-    return MailConnector(runtime)
+    return MailConnector(runtime(hosts or FakeHosts(), state, settings=base | settings,
+                                 coop="Demo Coop"))
 
 
 def member(uid: str, *, status: str = "active", quota: int | None = 100,

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,14 +18,9 @@ from pathlib import Path
 
 import pytest
 
-TESTS_DIR = Path(__file__).resolve().parent
+from tests.sync_helpers import serve_nextcloud_double
+
 ADMIN_PASSWORD = "double-admin-pw-123"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,41 +30,8 @@ def double(tmp_path_factory):
     pw.write_text(ADMIN_PASSWORD + "\n")
     pw.chmod(0o600)
     store = tmp / "store.json"
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nextcloud_double",
-            "serve",
-            "--port",
-            str(port),
-            "--store",
-            str(store),
-            "--admin-password-file",
-            str(pw),
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            urllib.request.urlopen(base + "/status.php", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(
-                    "the double did not start: " + (proc.stderr.read() or "")
-                ) from None
-            time.sleep(0.05)
-    yield {"base": base, "store": store, "env": env, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=5)
+    with serve_nextcloud_double(store, pw) as (base, env, proc):
+        yield {"base": base, "store": store, "env": env, "proc": proc}
 
 
 def ocs(

@@ -15,7 +15,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -23,7 +22,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,6 @@ from provisioner.services.base import (
     Desired,
     MemberState,
     Phase,
-    Runtime,
     ServiceChange,
     ServiceUnavailable,
 )
@@ -49,30 +46,13 @@ from provisioner.services.pads import (
     PadsObservation,
     Session,
 )
+from tests.sync_helpers import MemoryState, free_port, runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_UPDATE_CHECK = ROOT / "playbooks" / "roles" / "pads" / "templates" / "no-update-check.js.j2"
 API_KEY = "test-pads-key-0123456789abcdefXYZ"
 DEAD_PROXY = "http://127.0.0.1:9"
 START_TIMEOUT = 40.0
-
-
-# -- a state store in memory (the SQLite one is provisioner.journal's) ----------------------
-
-@dataclass
-class MemoryState:
-    """StateStore in a dict: (service, kind) -> set of strings."""
-
-    data: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-
-    def marks(self, service: str, kind: str) -> set[str]:
-        return set(self.data.get((service, kind), set()))
-
-    def mark(self, service: str, kind: str, uid: str) -> None:
-        self.data.setdefault((service, kind), set()).add(uid)
-
-    def unmark(self, service: str, kind: str, uid: str) -> None:
-        self.data.get((service, kind), set()).discard(uid)
 
 
 class NoHosts:
@@ -92,18 +72,12 @@ def _artifact() -> Path:
     return base / f"etherpad-{ETHERPAD_VERSION}.tar.gz"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Etherpad:
     """One Etherpad process on 127.0.0.1 from an unpacked tree, its data in `home`."""
 
     def __init__(self, tree: Path, home: Path, **settings: Any) -> None:
         self.tree, self.home = tree, home
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = home / "etherpad.log"
         home.mkdir(parents=True, exist_ok=True)
@@ -297,9 +271,8 @@ def make_connector(url: str, key_file: Path, state: MemoryState | None = None,
     def secret(name: str) -> str:
         return Path(settings[name]).read_text()
 
-    runtime = Runtime(settings=settings, hosts=NoHosts(), state=state or MemoryState(),
-                      mail_domain="demo.coop", coop="demo", ca_file=ca_file, secret=secret)
-    return PadsConnector(runtime)
+    return PadsConnector(runtime(NoHosts(), state, settings=settings, ca_file=ca_file,
+                                 secret=secret))
 
 
 @pytest.fixture
@@ -653,7 +626,7 @@ def test_through_tls_with_host_header(etherpad: Etherpad, tmp_path: Path) -> Non
 def test_etherpad_down_is_service_unavailable(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY)
-    pads = make_connector(f"http://127.0.0.1:{_free_port()}", key_file)
+    pads = make_connector(f"http://127.0.0.1:{free_port()}", key_file)
     with pytest.raises(ServiceUnavailable) as caught:
         pads.observe()
     assert "does not answer" in str(caught.value)

@@ -14,7 +14,6 @@ from provisioner.services.base import (
     Desired,
     MemberState,
     Phase,
-    Runtime,
     ServiceUnavailable,
 )
 from provisioner.services.wiki import (
@@ -29,6 +28,7 @@ from provisioner.services.wiki import (
     parse_observation,
     personal_rules,
 )
+from tests.sync_helpers import MemoryState, runtime
 
 HEADER = "# acl.auth.php\n# <?php exit()?>\n# Don't modify the lines above\n"
 DEPLOY = ("# BEGIN coopctl deploy (wiki_acl)\n*\t@ALL\t0\n*\t@user\t8\n"
@@ -78,23 +78,8 @@ class Hosts:
         return dict(self.outcome)
 
 
-class State:
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], set[str]] = {}
-
-    def marks(self, service: str, kind: str) -> set[str]:
-        return set(self.data.get((service, kind), set()))
-
-    def mark(self, service: str, kind: str, uid: str) -> None:
-        self.data.setdefault((service, kind), set()).add(uid)
-
-    def unmark(self, service: str, kind: str, uid: str) -> None:
-        self.data.get((service, kind), set()).discard(uid)
-
-
-def connector(hosts: Hosts, state: State | None = None) -> WikiConnector:
-    return WikiConnector(Runtime(settings={}, hosts=hosts, state=state or State(),
-                                 mail_domain="demo.coop", coop="demo"))
+def connector(hosts: Hosts, state: MemoryState | None = None) -> WikiConnector:
+    return WikiConnector(runtime(hosts, state))
 
 
 def observation(*block: str, namespaces: Sequence[str] = (), created: Sequence[str] = (),
@@ -142,7 +127,7 @@ def test_file_is_split_by_owner() -> None:
 def test_observe_is_one_read_and_reports_hand_edits() -> None:
     hosts = Hosts(listing(acl_text(*personal_rules("ann"), extra="secret\tbob\t1\n"),
                           namespaces=["ann", "old.member"]))
-    state = State()
+    state = MemoryState()
     state.mark("wiki", "created", "ann")
     observed = connector(hosts, state).observe()
     assert len(hosts.reads) == 1
@@ -235,7 +220,7 @@ def test_narrowed_sync_keeps_the_others_rules() -> None:
 def test_apply_is_one_run_with_block_and_items() -> None:
     hosts = Hosts(listing(acl_text(*personal_rules("zed"), extra="start\tzed\t1\n"),
                           namespaces=["zed", "bob"]))
-    state = State()
+    state = MemoryState()
     state.mark("wiki", "created", "zed")
     wiki = connector(hosts, state)
     plan = wiki.plan({**desired(member("ann", groups=("board",))),
@@ -280,7 +265,7 @@ def test_failed_run_fails_every_change() -> None:
 
 def test_restore_alone_runs_no_playbook() -> None:
     hosts = Hosts(listing(acl_text(*personal_rules("ann")), namespaces=["ann"]))
-    state = State()
+    state = MemoryState()
     state.mark("wiki", "created", "ann")
     state.mark("wiki", "suspended", "ann")
     wiki = connector(hosts, state)

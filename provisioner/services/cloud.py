@@ -221,6 +221,9 @@ class CloudConnector(PlaybookExport, Connector):
         if self._settings.get("host_header"):
             session.headers["Host"] = str(self._settings["host_header"])
         session.verify = self.runtime.ca_file or True
+        # Neither proxies nor a CA bundle from the environment: $REQUESTS_CA_BUNDLE would
+        # otherwise win over the session's own CA (requests merges the environment first).
+        session.trust_env = False
         return _Client(session, base)
 
     # ------------------------------------------------------------------ OCS

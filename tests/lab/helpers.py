@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import imaplib
 import secrets
 import ssl
+from collections.abc import Mapping
+from typing import Any
 
 import ldap3
 
+from provisioner.hosts import InventoryHosts
+from provisioner.services.base import Runtime
+from tests.sync_helpers import runtime
+
 BASE = "dc=demo,dc=coop"
+
+
+def lab_runtime(lab, settings: Mapping[str, Any]) -> Runtime:
+    """A connector's Runtime on the lab: its inventory, its CA, the state store in memory."""
+    return runtime(InventoryHosts(inventory=lab.inventory, state_dir=lab.state_dir),
+                   settings=settings, coop="Demo Coop", ca_file=str(lab.ca_file))
+
+
+def fetch_inbox(conn: imaplib.IMAP4, what: str) -> list[bytes]:
+    """FETCH `what` (e.g. "(RFC822)") of every message in INBOX, opened read-only; logs out."""
+    try:
+        conn.select("INBOX", readonly=True)
+        _typ, data = conn.search(None, "ALL")
+        found = []
+        for num in data[0].split():
+            _typ, parts = conn.fetch(num, what)
+            found.append(parts[0][1])
+        return found
+    finally:
+        conn.logout()
 
 
 def coopctl_connection(lab) -> ldap3.Connection:

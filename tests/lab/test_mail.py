@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 import ldap3
 import pytest
 
+from tests.lab.helpers import fetch_inbox
+
 pytestmark = pytest.mark.lab
 
 BASE = "dc=demo,dc=coop"
@@ -147,16 +149,8 @@ def wait_for(check: Callable[[], object], timeout: float = 20.0) -> object:
 
 def subjects(lab, member: dict) -> list[str]:
     conn = imap(lab, member["uid"], member["password"])
-    try:
-        conn.select("INBOX", readonly=True)
-        _typ, data = conn.search(None, "ALL")
-        found = []
-        for num in data[0].split():
-            _typ, parts = conn.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            found.append(parts[0][1].decode().split(":", 1)[1].strip())
-        return found
-    finally:
-        conn.logout()
+    headers = fetch_inbox(conn, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    return [raw.decode().split(":", 1)[1].strip() for raw in headers]
 
 
 def test_services_run(lab):

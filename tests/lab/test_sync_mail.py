@@ -18,7 +18,6 @@ import secrets
 import smtplib
 import ssl
 import tarfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,46 +25,25 @@ from typing import Any
 import ldap3
 import pytest
 
-from provisioner.hosts import InventoryHosts
 from provisioner.services.base import (
     Action,
     ChangeResult,
     Desired,
     MemberState,
-    Runtime,
 )
 from provisioner.services.mail import MailConnector
+from tests.lab.helpers import fetch_inbox, lab_runtime
+from tests.lab.test_mail import wait_for
 
 DOMAIN = "demo.coop"
 LOGIN_URL = "https://sso.demo.coop/realms/demo/account"
 
 
-class MemoryState:
-    """The state store in memory (the sync keeps it with the journal)."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], set[str]] = {}
-
-    def marks(self, service: str, kind: str) -> set[str]:
-        return set(self.data.get((service, kind), set()))
-
-    def mark(self, service: str, kind: str, uid: str) -> None:
-        self.data.setdefault((service, kind), set()).add(uid)
-
-    def unmark(self, service: str, kind: str, uid: str) -> None:
-        self.data.get((service, kind), set()).discard(uid)
-
-
 @pytest.fixture
 def mail_sync(lab) -> MailConnector:
-    runtime = Runtime(
-        settings={"smtp_host": lab.addresses["mail"], "smtp_port": 25,
-                  "imap_host": "mail.demo.coop", "submission_host": "mail.demo.coop",
-                  "login_url": LOGIN_URL},
-        hosts=InventoryHosts(inventory=lab.inventory, state_dir=lab.state_dir),
-        state=MemoryState(), mail_domain=DOMAIN, coop="Demo Coop", ca_file=str(lab.ca_file),
-    )
-    return MailConnector(runtime)
+    return MailConnector(lab_runtime(lab, {
+        "smtp_host": lab.addresses["mail"], "smtp_port": 25, "imap_host": "mail.demo.coop",
+        "submission_host": "mail.demo.coop", "login_url": LOGIN_URL}))
 
 
 @pytest.fixture
@@ -132,29 +110,12 @@ def imap(lab, user: str, password: str) -> imaplib.IMAP4:
 
 def messages(lab, person: dict[str, Any]) -> list[email.message.EmailMessage]:
     conn = imap(lab, person["uid"], person["password"])
-    try:
-        conn.select("INBOX", readonly=True)
-        _typ, data = conn.search(None, "ALL")
-        found = []
-        for num in data[0].split():
-            _typ, parts = conn.fetch(num, "(BODY.PEEK[])")
-            found.append(email.message_from_bytes(parts[0][1], policy=email.policy.default))
-        return found
-    finally:
-        conn.logout()
+    return [email.message_from_bytes(raw, policy=email.policy.default)
+            for raw in fetch_inbox(conn, "(BODY.PEEK[])")]
 
 
 def subjects(lab, person: dict[str, Any]) -> list[str]:
     return [str(m["Subject"]) for m in messages(lab, person)]
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
 
 
 def home_exists(lab, uid: str) -> bool:

@@ -18,15 +18,14 @@ from typing import Any
 
 import pytest
 
-from provisioner.hosts import InventoryHosts
 from provisioner.services.base import (
     Action,
     ChangeResult,
     Desired,
     MemberState,
-    Runtime,
 )
 from provisioner.services.wiki import SYNC_BEGIN, WikiConnector, personal_rules
+from tests.lab.helpers import lab_runtime
 from tests.lab.test_wiki import REMOTE_GROUP, Wiki, logged_in
 
 ACL_FILE = "/var/lib/dokuwiki/acl/acl.auth.php"
@@ -34,30 +33,9 @@ DATA = "/var/lib/dokuwiki/data"
 EDIT, UPLOAD, DELETE = 2, 8, 16
 
 
-class MemoryState:
-    """The state store in memory (the sync keeps it with the journal)."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], set[str]] = {}
-
-    def marks(self, service: str, kind: str) -> set[str]:
-        return set(self.data.get((service, kind), set()))
-
-    def mark(self, service: str, kind: str, uid: str) -> None:
-        self.data.setdefault((service, kind), set()).add(uid)
-
-    def unmark(self, service: str, kind: str, uid: str) -> None:
-        self.data.get((service, kind), set()).discard(uid)
-
-
 @pytest.fixture
 def wiki_sync(lab) -> WikiConnector:
-    runtime = Runtime(
-        settings={},
-        hosts=InventoryHosts(inventory=lab.inventory, state_dir=lab.state_dir),
-        state=MemoryState(), mail_domain="demo.coop", coop="Demo Coop", ca_file=str(lab.ca_file),
-    )
-    return WikiConnector(runtime)
+    return WikiConnector(lab_runtime(lab, {}))
 
 
 @pytest.fixture
