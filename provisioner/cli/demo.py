@@ -260,5 +260,5 @@ def _audit(config_path: Path, lab_cfg: LabConfig | None) -> None:
     click.echo(f"drift: {len(drift)} finding(s)" + "".join(
         f"\n  {f.service}: {f.uid} expected {'access' if f.expected else 'no access'}"
         for f in drift))
-    click.echo("cloud, wiki accounts: created at first login (wiki) or by `coopctl sync` "
-               "(cloud; not built yet)")
+    click.echo("cloud, pads and wiki accounts: made by `coopctl sync` above (its plan is "
+               "empty when every service matches the directory)")

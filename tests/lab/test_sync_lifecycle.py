@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from tests.lab.helpers import fetch_inbox
+from tests.lab.helpers import coopctl_connection, fetch_inbox
 from tests.lab.test_mail import imap, send, wait_for
 
 pytestmark = pytest.mark.lab
@@ -92,6 +92,14 @@ def coop(lab, coopctl_config: Path) -> Iterator[Coop]:
         c.run("member", "depart", uid, "--on", left)
     if remaining:
         c.run("sync", "--yes", "--force", *[x for uid in remaining for x in ("--member", uid)])
+    # Purged entries stay in a real directory (uid and number never reused); a test's own
+    # would only crowd the demo's listing, which runs last on the same lab.
+    conn = coopctl_connection(lab)
+    try:
+        for uid in c.created:
+            conn.delete(f"uid={uid},ou=people,dc=demo,dc=coop")
+    finally:
+        conn.unbind()
 
 
 def actions(data: dict) -> set[tuple[str, str]]:
