@@ -412,15 +412,22 @@ def test_suspend_kills_sessions_and_restore(etherpad: Etherpad, pads: PadsConnec
     want = desired((suspended, Phase.DISABLED))
     results = run(pads, want)
     assert actions(results) == [(Action.SUSPEND, uid)]
-    assert results[0].change.detail == {"sessions": 2}
+    # observe sees an active member's sessions in directory groups only; apply lists the
+    # author's sessions itself and ends the one in the personal group too
+    assert results[0].change.detail == {"sessions": 1}
     assert not session_exists(etherpad, sid)
     assert not session_exists(etherpad, personal)
     assert_settled(pads, want)  # the suspended mark: a second sync plans nothing
 
-    # A session the portal hands out anyway is taken away at the next sync.
+    # A session the portal hands out anyway is taken away at the next sync, in a directory
+    # group or in the personal group (a suspended member's sessions are all observed).
     late = portal_session(etherpad, uid, f"group:{staff}")
-    assert actions(run(pads, want)) == [(Action.SUSPEND, uid)]
+    late_personal = portal_session(etherpad, uid, f"user:{uid}")
+    results = run(pads, want)
+    assert actions(results) == [(Action.SUSPEND, uid)]
+    assert results[0].change.detail == {"sessions": 2}
     assert not session_exists(etherpad, late)
+    assert not session_exists(etherpad, late_personal)
 
     want = desired((active, Phase.ACTIVE))
     assert actions(run(pads, want)) == [(Action.RESTORE, uid)]
@@ -638,18 +645,80 @@ def test_etherpad_down_is_service_unavailable(tmp_path: Path) -> None:
 
 
 def test_stale_ids_are_recreated(etherpad: Etherpad, pads: PadsConnector) -> None:
-    """After Etherpad lost its data (a reset dirty DB), the plan creates everything again."""
-    uid = new_uid()
+    """After Etherpad lost its data (a reset dirty DB), the plan creates everything again.
+
+    The reset is simulated by remembered IDs Etherpad never had: observe sees the personal
+    group missing from listAllGroups (an active member), or listSessionsOfAuthor refused
+    (a member marked suspended).
+    """
+    uid, held = new_uid(), new_uid()
     staff = f"staff-{uid}"
-    want = desired((member(uid, {staff}), Phase.ACTIVE))
+    want = desired((member(uid, {staff}), Phase.ACTIVE), (member(held), Phase.ACTIVE))
     run(pads, want)
+    run(pads, desired((member(held, status="suspended"), Phase.DISABLED)))
+    assert held in pads.ids.suspended()
     pads.ids.set_author(uid, "a.lostlostlost0000")
+    pads.ids.set_group(f"user:{uid}", "g.lostlostlost0001")
     pads.ids.set_group(f"group:{staff}", "g.lostlostlost0000")
+    pads.ids.set_author(held, "a.lostlostlost0002")
+    pads.ids.set_group(f"user:{held}", "g.lostlostlost0002")
     observed = pads.observe()
-    assert any(uid == f.uid for f in observed.findings)
-    assert {c.action for c in pads.plan(want, observed)} == {Action.CREATE, Action.GROUPS}
+    assert {f.uid for f in observed.findings} == {uid, held}
+    assert uid not in observed.accounts and held not in observed.accounts
+    assert {(c.action, c.uid) for c in pads.plan(want, observed)} == {
+        (Action.CREATE, uid), (Action.GROUPS, uid), (Action.CREATE, held), (Action.RESTORE, held)}
     run(pads, want)
     assert_settled(pads, want)
+    assert pads.observe().findings == []
+
+
+def count_observe_calls(connector: PadsConnector) -> dict[str, int]:
+    """API calls made by one observe(), by method."""
+    calls: dict[str, int] = {}
+    call = connector.call
+
+    def counting(method: str, **params: Any) -> Any:
+        calls[method] = calls.get(method, 0) + 1
+        return call(method, **params)
+
+    connector.call = counting  # type: ignore[method-assign]
+    try:
+        connector.observe()
+    finally:
+        connector.call = call  # type: ignore[method-assign]
+    return calls
+
+
+def test_observe_cost_does_not_grow_with_active_members(etherpad: Etherpad,
+                                                        pads: PadsConnector) -> None:
+    """Observe costs O(groups + suspended members): 3 or 30 active members, same calls."""
+    staff, board = f"staff-{new_uid()}", f"board-{new_uid()}"
+    members = [member(new_uid(), {staff} if i % 2 else {staff, board}) for i in range(30)]
+    few = desired(*((m, Phase.ACTIVE) for m in members[:3]))
+    run(pads, few)
+    in_board = portal_session(etherpad, members[0].uid, f"group:{board}")
+    with_few = count_observe_calls(pads)
+    assert with_few == {"listAllGroups": 1, "listSessionsOfGroup": 2}
+
+    many = desired(*((m, Phase.ACTIVE) for m in members))
+    run(pads, many)
+    assert count_observe_calls(pads) == with_few
+    # the sessions of directory groups are still attributed to their members
+    observed = pads.observe()
+    assert set(observed.accounts) >= {m.uid for m in members}
+    board_id = pads.ids.groups()[f"group:{board}"]
+    assert [s.group_id for s in observed.sessions[members[0].uid]] == [board_id]
+    # leaving the group is seen without a per-member call
+    members[0] = member(members[0].uid, {staff})
+    many = desired(*((m, Phase.ACTIVE) for m in members))
+    assert [(c.action, c.uid, dict(c.detail)) for c in pads.plan(many, observed)] == [
+        (Action.GROUPS, members[0].uid, {"add": [], "remove": [board]})]
+    run(pads, many)
+    assert not session_exists(etherpad, in_board)
+
+    # a member marked suspended costs one listSessionsOfAuthor, and only that
+    run(pads, desired((member(members[1].uid, status="suspended"), Phase.DISABLED)))
+    assert count_observe_calls(pads) == {**with_few, "listSessionsOfAuthor": 1}
 
 
 def test_plan_is_pure_and_skips_other_members(tmp_path: Path) -> None:

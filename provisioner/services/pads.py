@@ -97,8 +97,10 @@ class _IdBook:
     ``pads/suspended``. The IDs themselves are kept as ``<key>=<ID>`` strings in
     ``pads/author-id`` (key: uid) and ``pads/group-id`` (key: the mapper, ``group:<cn>`` or
     ``user:<uid>``); Etherpad's IDs (``a.xxx``, ``g.xxx``) never contain ``=``, so the last
-    ``=`` splits. Without them observe() would need one extra call per member to learn each
-    author's ID, since Etherpad 1.8 cannot list authors.
+    ``=`` splits. Etherpad 1.8 cannot list authors nor tell a group's mapper: the remembered
+    author IDs are what lets observe() attribute the sessions of ``listSessionsOfGroup`` to
+    members, and the remembered personal groups what tells, from ``listAllGroups`` alone,
+    which members Etherpad still has (no call per member).
     """
 
     AUTHOR, SUSPENDED = "author", "suspended"
@@ -172,12 +174,16 @@ class Session:
 
 @dataclass
 class PadsObservation:
-    """What observe() saw: the authors and groups coopctl made, and the authors' sessions."""
+    """What observe() saw: the authors and groups coopctl made, and the authors' sessions.
 
-    authors: dict[str, str]                  # uid -> author ID, confirmed by Etherpad
+    ``sessions`` holds, for each present author, their sessions in directory groups; for
+    members marked suspended, every session (personal group included).
+    """
+
+    authors: dict[str, str]                  # uid -> author ID, present in Etherpad
     personal_groups: dict[str, str]          # uid -> group ID of "user:<uid>", existing
     groups: dict[str, str]                   # cn -> group ID of "group:<cn>", existing
-    sessions: dict[str, list[Session]]       # uid -> sessions of their author
+    sessions: dict[str, list[Session]]       # uid -> sessions of their author (see above)
     suspended: set[str]                      # uids marked suspended
     known: set[str]                          # uids of which the state remembers anything
     all_groups: frozenset[str] = frozenset()  # every group ID in Etherpad
@@ -298,14 +304,23 @@ class PadsConnector(Connector):
             self.ids.set_group(mapper, group)
         return group
 
-    def _sessions(self, author: str) -> dict[str, Session]:
-        """Session ID -> session of `author` (Etherpad lists null for broken entries)."""
-        data = self.call("listSessionsOfAuthor", authorID=author) or {}
-        out: dict[str, Session] = {}
+    def _session_list(self, method: str, **params: str) -> dict[str, tuple[str, Session]]:
+        """Session ID -> (author ID, session) from ``listSessionsOf{Group,Author}``.
+
+        Etherpad answers null when there is none, and null for a broken entry (skipped).
+        """
+        data = self.call(method, **params) or {}
+        out: dict[str, tuple[str, Session]] = {}
         for sid, info in data.items():
             if isinstance(info, Mapping):
-                out[sid] = Session(str(info.get("groupID")), int(info.get("validUntil") or 0))
+                out[sid] = (str(info.get("authorID")),
+                            Session(str(info.get("groupID")), int(info.get("validUntil") or 0)))
         return out
+
+    def _sessions(self, author: str) -> dict[str, Session]:
+        """Session ID -> session of `author`, listed now (apply does not rely on observe)."""
+        listed = self._session_list("listSessionsOfAuthor", authorID=author)
+        return {sid: session for sid, (_, session) in listed.items()}
 
     def _end_sessions(self, author: str, groups: Collection[str] | None = None) -> int:
         """Delete the author's sessions (only in `groups` when given); how many went."""
@@ -324,13 +339,28 @@ class PadsConnector(Connector):
     # -- observe / plan ---------------------------------------------------------------------
 
     def observe(self, uids: Collection[str] | None = None) -> PadsObservation:
-        """One ``listAllGroups``, then ``listSessionsOfAuthor`` per member with a known author.
+        """One ``listAllGroups``, one ``listSessionsOfGroup`` per directory group, and one
+        ``listSessionsOfAuthor`` per member marked suspended: O(groups + suspended members).
 
-        The remembered IDs are checked against Etherpad: a group not in ``listAllGroups`` or
-        an author Etherpad does not know (its database was reset) counts as absent, so the
-        plan creates it again.
+        - Existence, without a call per member: a member's author counts as present when
+          their personal group ``user:<uid>`` is in ``listAllGroups`` (coopctl creates both
+          together, and Etherpad loses both together when its database is reset) or when a
+          session of that author is seen. A created member whose personal group is gone
+          counts as absent, with a Finding, so the plan creates author and group again; a
+          directory group not in ``listAllGroups`` counts as absent likewise.
+        - Sessions in directory groups (the ``groups`` rule of plan) come from
+          ``listSessionsOfGroup``, attributed to members through the remembered author IDs.
+        - Members marked suspended get ``listSessionsOfAuthor`` (every session, personal
+          group included: a session handed out after the suspension is ended at the next
+          sync). An active member's sessions in their personal group are not observed (no
+          plan rule needs them); a member newly disabled still gets ``suspend`` (not yet
+          marked), and apply lists the author's sessions itself before ending them.
         """
         wanted = None if uids is None else set(uids)
+
+        def keep(uid: str) -> bool:
+            return wanted is None or uid in wanted
+
         all_groups = frozenset(self.call("listAllGroups")["groupIDs"] or ())
         groups, personal = {}, {}
         for mapper, gid in self.ids.groups().items():
@@ -341,34 +371,61 @@ class PadsConnector(Connector):
                 groups[key] = gid
             elif kind == "user":
                 personal[key] = gid
-        findings: list[Finding] = []
-        authors: dict[str, str] = {}
-        sessions: dict[str, list[Session]] = {}
-        created = self.ids.created()
-        for uid, author in sorted(self.ids.authors().items()):
-            if wanted is not None and uid not in wanted:
-                continue
+        remembered = {uid: a for uid, a in self.ids.authors().items() if keep(uid)}
+        uid_of = {author: uid for uid, author in remembered.items()}
+        found: dict[str, dict[str, Session]] = {}  # uid -> session ID -> session
+        for cn in sorted(groups):
             try:
-                found = self._sessions(author)
+                listed = self._session_list("listSessionsOfGroup", groupID=groups[cn])
             except EtherpadError as exc:
                 if not _missing(exc):
                     raise
+                del groups[cn]  # deleted since listAllGroups: absent
+                continue
+            for sid, (author, session) in listed.items():
+                if author in uid_of:
+                    found.setdefault(uid_of[author], {})[sid] = session
+        authors = {uid: a for uid, a in remembered.items() if uid in personal or uid in found}
+        findings: list[Finding] = []
+        created, suspended = self.ids.created(), self.ids.suspended()
+        for uid in sorted(suspended & remembered.keys()):
+            author = remembered[uid]
+            try:
+                listed = self._session_list("listSessionsOfAuthor", authorID=author)
+            except EtherpadError as exc:
+                if not _missing(exc):
+                    raise
+                authors.pop(uid, None)
+                found.pop(uid, None)
                 if uid in created:
                     findings.append(Finding(SERVICE, uid, f"author {author} is no longer in "
                                             "Etherpad (database reset?); it will be re-created"))
                 continue
             authors[uid] = author
-            sessions[uid] = sorted(found.values(), key=lambda s: (s.group_id, s.valid_until))
+            found[uid] = {sid: session for sid, (_, session) in listed.items()}
+        reported = {f.uid for f in findings}
+        for uid in sorted(created - personal.keys() - reported):
+            if keep(uid):
+                findings.append(Finding(SERVICE, uid, f"the personal group user:{uid} is no "
+                                        "longer in Etherpad (database reset?); author and "
+                                        "group will be re-created"))
+        sessions = {uid: sorted(found.get(uid, {}).values(),
+                                key=lambda s: (s.group_id, s.valid_until)) for uid in authors}
         known = self.ids.known()
         if wanted is not None:
             known &= wanted
             personal = {uid: gid for uid, gid in personal.items() if uid in wanted}
         return PadsObservation(authors=authors, personal_groups=personal, groups=groups,
-                               sessions=sessions, suspended=self.ids.suspended(), known=known,
+                               sessions=sessions, suspended=suspended, known=known,
                                all_groups=all_groups, findings=findings)
 
     def plan(self, desired: Mapping[str, Desired], observed: Observation) -> list[ServiceChange]:
-        """Compare each member's phase with what Etherpad shows (pure)."""
+        """Compare each member's phase with what Etherpad shows (pure).
+
+        The ``sessions`` count of ``suspend`` and ``purge`` is what observe saw: for a member
+        not yet marked suspended, their sessions in directory groups only. Apply lists the
+        author's sessions itself and ends every one.
+        """
         if not isinstance(observed, PadsObservation):
             raise TypeError(f"pads cannot plan from {type(observed).__name__}")
         obs = observed
