@@ -292,7 +292,9 @@ def run_sync_playbook(
     if not Path(inventory).exists():
         raise AnsibleError(f"no Ansible inventory at {inventory}",
                            "set `inventory` in the configuration to the coop's inventory")
-    private = state_dir / "runner-sync"
+    # One private directory per service (named after its extra vars): services run their
+    # playbooks at the same time, and ansible-runner keeps state in this directory.
+    private = state_dir / "runner-sync" / ("-".join(sorted(extravars or {})) or "none")
     private.mkdir(parents=True, exist_ok=True, mode=0o700)
     shutil.rmtree(private / "env", ignore_errors=True)
     collector = ItemCollector(echo)

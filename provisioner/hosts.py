@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +33,7 @@ class InventoryHosts:
     state_dir: Path
     echo: Callable[[str], None] | None = None
     _connections: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def _inventory(self) -> Any:
@@ -47,10 +49,15 @@ class InventoryHosts:
         return manager, VariableManager(loader=loader, inventory=manager)
 
     def hosts_of(self, group: str) -> list[str]:
-        manager, _ = self._inventory
+        with self._lock:
+            manager, _ = self._inventory
         return [h.name for h in manager.get_hosts(pattern=group)]
 
     def _ssh_argv(self, group: str) -> list[str]:
+        with self._lock:  # services read their hosts from several threads
+            return self._ssh_argv_locked(group)
+
+    def _ssh_argv_locked(self, group: str) -> list[str]:
         if group in self._connections:
             return self._connections[group]
         manager, variables = self._inventory

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,6 +101,36 @@ class Entry:
         return dict(self.__dict__)
 
 
+class _Rows(list):
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+
+class _SerialDB:
+    """One SQLite connection shared by the sync's threads (one per service), one at a time.
+
+    Every statement runs under one re-entrant lock and returns its rows at once, so no
+    cursor is ever read while another thread uses the connection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.lock = threading.RLock()
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                    check_same_thread=False)
+
+    def execute(self, sql: str, args: Any = ()) -> _Rows:
+        with self.lock:
+            return _Rows(self.conn.execute(sql, args).fetchall())
+
+    def executescript(self, sql: str) -> None:
+        with self.lock:
+            self.conn.executescript(sql)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
 class Journal:
     """The journal database; also the sync's state store (services.base.StateStore)."""
 
@@ -107,7 +138,7 @@ class Journal:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db = _SerialDB(path)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the journal {path}: {exc}",
                               "set sync.journal in the configuration to a writable file") from None
@@ -203,9 +234,13 @@ class Journal:
 
         class _Tx:
             def __enter__(self) -> None:
+                db.lock.acquire()
                 db.execute("BEGIN IMMEDIATE")
 
             def __exit__(self, exc_type: Any, *_: Any) -> None:
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                try:
+                    db.execute("ROLLBACK" if exc_type else "COMMIT")
+                finally:
+                    db.lock.release()
 
         return _Tx()

@@ -17,9 +17,11 @@ directory then records them as purged, keeping the entry so uid and number are n
 from __future__ import annotations
 
 import importlib
+import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,8 +253,12 @@ class Sync:
                 due.add(m.uid)
         result = SyncPlan(members_read=len(members), desired=desired, services={},
                           findings=findings, due=due)
-        for name, connector in connectors.items():
-            result.services[name] = self._plan_service(name, connector, desired, due, uids)
+        # Services are observed at the same time (each waits on its own server or host).
+        with ThreadPoolExecutor(max_workers=max(1, len(connectors))) as pool:
+            futures = {name: pool.submit(self._plan_service, name, connector, desired, due, uids)
+                       for name, connector in connectors.items()}
+            for name, future in futures.items():
+                result.services[name] = future.result()
         result.archives = sorted(
             uid for uid in due if archive.find_verified(self.settings.archive_dir, uid) is None)
         self._guard_destructive(result, len(members), force)
@@ -299,8 +305,13 @@ class Sync:
         run = self.journal.start_run()
         summary = SyncSummary()
         connectors = self.connectors(plan.services)
+        lock = threading.Lock()
 
         def report(result: ChangeResult) -> None:
+            with lock:  # services apply at the same time; one record at a time
+                _record(result)
+
+        def _record(result: ChangeResult) -> None:
             c = result.change
             self.journal.append(run, c.service, c.uid, str(c.action), dict(c.detail),
                                 result.ok, result.error)
@@ -313,17 +324,15 @@ class Sync:
 
         outcome = "failed"
         try:
-            for name, sp in plan.services.items():
-                batch = [c for c in sp.changes if c.action != Action.PURGE]
-                if batch:
-                    self._apply_batch(connectors[name], batch, report)
+            self._in_parallel(connectors, {
+                name: [c for c in sp.changes if c.action != Action.PURGE]
+                for name, sp in plan.services.items()}, report)
             archived = self._archive(plan, connectors, report)
             summary.archives = archived
-            for name, sp in plan.services.items():
-                batch = [c for c in sp.changes
-                         if c.action == Action.PURGE and self._may_purge(plan, c.uid)]
-                if batch:
-                    self._apply_batch(connectors[name], batch, report)
+            self._in_parallel(connectors, {
+                name: [c for c in sp.changes
+                       if c.action == Action.PURGE and self._may_purge(plan, c.uid)]
+                for name, sp in plan.services.items()}, report)
             summary.purged = self._mark_purged(plan, summary, run, report)
             outcome = "ok" if not summary.failed and not any(
                 p.error for p in plan.services.values()) else "partial"
@@ -332,6 +341,18 @@ class Sync:
                 1 for f in plan.findings if f.severity == "error")
             self.journal.finish_run(run, plan.members_read if complete else None, outcome)
         return summary
+
+    def _in_parallel(self, connectors: Mapping[str, Connector],
+                     batches: Mapping[str, list[ServiceChange]],
+                     report: Callable[[ChangeResult], None]) -> None:
+        """Each service's batch in its own thread: a sync takes as long as its slowest
+        service, not the sum of all (they wait on different servers)."""
+        work = [(connectors[name], batch) for name, batch in batches.items() if batch]
+        if not work:
+            return
+        with ThreadPoolExecutor(max_workers=len(work)) as pool:
+            for future in [pool.submit(self._apply_batch, c, b, report) for c, b in work]:
+                future.result()
 
     def _apply_batch(self, connector: Connector, batch: list[ServiceChange],
                      report: Callable[[ChangeResult], None]) -> None:
@@ -367,14 +388,18 @@ class Sync:
             return done
         stages = {uid: archive.staging_dir(archive_dir, uid) for uid in plan.archives}
         results: dict[str, dict[str, list[Path] | Exception]] = {}
-        for name, connector in connectors.items():
+        def export(name: str, connector: Connector) -> dict[str, list[Path] | Exception]:
             items = [(plan.desired[uid], stages[uid] / name) for uid in plan.archives]
             for _member, dest in items:
                 dest.mkdir(mode=0o700, exist_ok=True)
             try:
-                results[name] = connector.export_many(items)
+                return connector.export_many(items)
             except Exception as exc:  # a connector bug must not let a purge through
-                results[name] = {uid: exc for uid in plan.archives}
+                return {uid: exc for uid in plan.archives}
+
+        with ThreadPoolExecutor(max_workers=max(1, len(connectors))) as pool:
+            futures = {name: pool.submit(export, name, c) for name, c in connectors.items()}
+            results = {name: f.result() for name, f in futures.items()}
         for uid in plan.archives:
             change = ServiceChange(ARCHIVE_SERVICE, Action.ARCHIVE, uid)
             errors = [f"{name}: {_message(r[uid])}" for name, r in results.items()
