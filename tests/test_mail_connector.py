@@ -29,19 +29,15 @@ from provisioner.services.mail import (
     MailObservation,
     Usage,
     WelcomeTemplates,
-    parse_observation,
-    parse_quota_tab,
+    parse_homes,
 )
 from tests.sync_helpers import MemoryState, runtime
 
-# As Dovecot 2.3.19 (Debian 12) prints `doveadm -f tab quota get -A` (checked on the lab).
-QUOTA_TAB = (
-    "Username\tQuota name\tType\tValue\tLimit\t%\n"
-    "ana@demo.coop\tUser quota\tSTORAGE\t2048\t1024\t200\n"
-    "ana@demo.coop\tUser quota\tMESSAGE\t3\t-\t0\n"
-    "Bob@demo.coop\tUser quota\tSTORAGE\t10\t102400\t0\n"
-    "bob@demo.coop\tUser quota\tMESSAGE\t1\t-\t0\n"
-    "cy@demo.coop\tUser quota\tSTORAGE\t0\t-\t0\n"
+# As `du -s -k --apparent-size` prints the mail homes on the lab's Debian 12 (KiB, path).
+DU_OUTPUT = (
+    "2048\t/var/vmail/ana\n"
+    "10\t/var/vmail/bob\n"
+    "4\t/var/vmail/old.member\n"
 )
 
 
@@ -100,28 +96,23 @@ def actions(changes: Sequence) -> list[tuple[str, str]]:
 
 # -- parsing ----------------------------------------------------------------------------------
 
-def test_quota_tab_keeps_storage_rows_by_lower_case_user() -> None:
-    usage = parse_quota_tab(QUOTA_TAB)
-    assert usage == {"ana@demo.coop": Usage(2048, 1024), "bob@demo.coop": Usage(10, 102400),
-                     "cy@demo.coop": Usage(0, None)}
-
-
-def test_observation_output_splits_quota_and_homes() -> None:
-    text = QUOTA_TAB + mailmod.HOMES_MARK + "\nana\nold.member\n.export\n"
-    usage, homes = parse_observation(text)
-    assert set(usage) == {"ana@demo.coop", "bob@demo.coop", "cy@demo.coop"}
-    assert homes == {"ana", "old.member"}
+def test_homes_listing_gives_each_home_and_its_size() -> None:
+    usage = parse_homes(DU_OUTPUT)
+    assert usage == {"ana": Usage(2048, None), "bob": Usage(10, None),
+                     "old.member": Usage(4, None)}
 
 
 def test_observe_is_one_read_with_the_marks() -> None:
     state = MemoryState()
     state.mark("mail", "welcome", "ana")
     state.mark("mail", "kicked", "bob")
-    hosts = FakeHosts(QUOTA_TAB + mailmod.HOMES_MARK + "\nana\n")
+    hosts = FakeHosts(mailmod.HOMES_MARK + "\n" + DU_OUTPUT)
     seen = connector(hosts, state).observe()
     assert len(hosts.reads) == 1 and hosts.reads[0][0] == "mail_servers"
-    assert "doveadm -f tab quota get -A" in hosts.reads[0][1][-1]
-    assert seen.welcomed == {"ana"} and seen.kicked == {"bob"} and seen.accounts == {"ana"}
+    assert "du -s -k --apparent-size" in hosts.reads[0][1][-1]
+    assert "doveadm" not in hosts.reads[0][1][-1]  # no mailbox is opened to observe
+    assert seen.welcomed == {"ana"} and seen.kicked == {"bob"}
+    assert seen.accounts == {"ana", "bob", "old.member"}
 
 
 def test_observe_raises_service_unavailable_when_the_host_is_down() -> None:
@@ -177,8 +168,8 @@ def test_purge_and_gone_remove_a_home_and_only_a_home() -> None:
 def test_quota_below_usage_is_a_finding_not_a_change() -> None:
     conn = connector()
     ana = member("ana", quota=1)          # 1 MiB, uses 2 MiB
-    bob = member("bob", quota=None)       # no quota in the entry: Dovecot's limit counts
-    seen = observation(usage=parse_quota_tab(QUOTA_TAB), welcomed=("ana", "bob"))
+    bob = member("bob", quota=None)       # no quota in the entry: nothing to compare
+    seen = observation(usage=parse_homes(DU_OUTPUT), welcomed=("ana", "bob"))
     assert conn.plan(desired(ana, bob), seen) == []
     assert len(seen.findings) == 1
     finding = seen.findings[0]

@@ -69,7 +69,7 @@ SMTP_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Usage:
-    """One mailbox's storage as Dovecot counts it (KiB, as `doveadm quota get` prints)."""
+    """What one mail home holds on disk (KiB: messages plus Dovecot's index files)."""
 
     used_kib: int
     limit_kib: int | None  # None: no limit
@@ -77,7 +77,7 @@ class Usage:
 
 @dataclass
 class MailObservation:
-    """What the mail host shows: usage per Dovecot user (primary address), homes per uid."""
+    """What the mail host shows: each mail home (by uid) and the size of what it holds."""
 
     usage: dict[str, Usage]
     homes: frozenset[str]
@@ -91,31 +91,15 @@ class MailObservation:
         return self.homes
 
 
-def parse_quota_tab(text: str) -> dict[str, Usage]:
-    """Parse ``doveadm -f tab quota get -A``: header, then one row per user and quota type.
-
-    Columns: Username, Quota name, Type (STORAGE in KiB, MESSAGE), Value, Limit ("-" when
-    unlimited), %. Only STORAGE rows matter here; users are keyed in lower case.
-    """
+def parse_homes(text: str) -> dict[str, Usage]:
+    """Parse ``du -s -k`` over the mail homes: ``<KiB>\t<vmail>/<uid>`` per line, by uid."""
     usage: dict[str, Usage] = {}
     for line in text.splitlines():
-        cols = line.split("\t")
-        if len(cols) < 5 or cols[0] == "Username" or cols[2] != "STORAGE":
-            continue
-        user, value, limit = cols[0].strip().lower(), cols[3].strip(), cols[4].strip()
-        if not value.isdigit():
-            continue
-        limit_kib = int(limit) if limit.isdigit() and int(limit) > 0 else None
-        usage[user] = Usage(int(value), limit_kib)
+        size, _, path = line.partition("\t")
+        uid = path.rstrip("/").rpartition("/")[2]
+        if size.strip().isdigit() and uid and not uid.startswith("."):
+            usage[uid] = Usage(int(size), None)
     return usage
-
-
-def parse_observation(text: str) -> tuple[dict[str, Usage], frozenset[str]]:
-    """Split the one read's output into quota rows and the names of the mail homes."""
-    quota, _, homes = text.partition(HOMES_MARK)
-    names = frozenset(n.strip() for n in homes.splitlines()
-                      if n.strip() and not n.strip().startswith("."))
-    return parse_quota_tab(quota), names
 
 
 def _size(kib: int) -> str:
@@ -183,26 +167,25 @@ class MailConnector(PlaybookExport, Connector):
 
     # -- observe ----------------------------------------------------------------------------
     def observe(self, uids: Collection[str] | None = None) -> MailObservation:
-        """Usage of every mailbox and the list of homes, in one SSH command.
+        """Every mail home with the size of what it holds, in one SSH command.
 
-        ``quota get -A`` walks every user Dovecot knows (the userdb's iterate filter: members
-        whose mail is kept); the homes listing also shows what purged members left behind.
-        `uids` is ignored: the listing costs the same either way.
+        One `du` over the mail homes (apparent sizes: the messages plus Dovecot's small index
+        files) costs a fraction of a second for 10,000 homes, where `doveadm quota get -A`
+        opens every mailbox (14 s for 9,000 on the lab): the quota itself needs no reading, as
+        Dovecot takes it from the directory at each login and delivery. The homes listing
+        also shows what purged members left behind. `uids` is ignored: one listing either way.
         """
-        script = (
-            "doveadm -f tab quota get -A && "
-            f"echo {HOMES_MARK} && "
-            f"find {shlex.quote(self.vmail_dir)} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n'"
-        )
+        script = (f"echo {HOMES_MARK} && find {shlex.quote(self.vmail_dir)} -mindepth 1 "
+                  "-maxdepth 1 -type d -exec du -s -k --apparent-size {} +")
         try:
             out = self.runtime.hosts.read(self.host_group, ["sh", "-c", script])
         except Exception as exc:  # HostError, and whatever the SSH layer raises
             raise ServiceUnavailable(f"mail host ({self.host_group}) unreadable: {exc}") from None
         if HOMES_MARK not in out:
-            raise ServiceUnavailable("mail host: doveadm quota get -A gave no complete answer")
-        usage, homes = parse_observation(out)
+            raise ServiceUnavailable("mail host: the listing of mail homes is incomplete")
+        usage = parse_homes(out.partition(HOMES_MARK)[2])
         state = self.runtime.state
-        return MailObservation(usage=usage, homes=homes,
+        return MailObservation(usage=usage, homes=frozenset(usage),
                                welcomed=frozenset(state.marks(SERVICE, WELCOME)),
                                kicked=frozenset(state.marks(SERVICE, KICKED)))
 
@@ -232,7 +215,7 @@ class MailConnector(PlaybookExport, Connector):
             elif phase in (Phase.PURGE, Phase.GONE) and has_home:
                 changes.append(self._change(Action.PURGE, member))
             if phase in (Phase.ACTIVE, Phase.DISABLED):
-                finding = self._quota_finding(member, observed.usage.get(member.mail.lower()))
+                finding = self._quota_finding(member, observed.usage.get(uid))
                 if finding:
                     findings.append(finding)
         observed.findings = findings
@@ -254,7 +237,7 @@ class MailConnector(PlaybookExport, Connector):
             return None
         return Finding(
             SERVICE, member.uid,
-            f"{member.uid}'s mailbox holds {_size(usage.used_kib)} but their mail quota is "
+            f"{member.uid}'s mailbox holds about {_size(usage.used_kib)} but their mail quota is "
             f"{_size(limit_kib)}; the quota is already in force (Dovecot reads it from the "
             "directory), so new mail is refused until they delete some or the quota is raised",
         )
