@@ -82,6 +82,7 @@ class SyncPlan:
     services: dict[str, ServicePlan]
     archives: list[str] = field(default_factory=list)  # uids to archive before purging
     due: set[str] = field(default_factory=set)  # departed members past their grace period
+    every_service: bool = True  # False with --service: no archive, no `purged` mark
     findings: list[Finding] = field(default_factory=list)  # bad data in the directory
 
     def changes(self) -> list[ServiceChange]:
@@ -259,8 +260,12 @@ class Sync:
                        for name, connector in connectors.items()}
             for name, future in futures.items():
                 result.services[name] = future.result()
+        # An archive holds every service's data: a run narrowed to some services neither
+        # archives nor marks anyone purged (it may purge with an earlier verified archive).
+        result.every_service = set(connectors) == set(self.connectors())
         result.archives = sorted(
-            uid for uid in due if archive.find_verified(self.settings.archive_dir, uid) is None)
+            uid for uid in due if result.every_service
+            and archive.find_verified(self.settings.archive_dir, uid) is None)
         self._guard_destructive(result, len(members), force)
         return result
 
@@ -431,7 +436,7 @@ class Sync:
     def _mark_purged(self, plan: SyncPlan, summary: SyncSummary, run: str,
                      report: Callable[[ChangeResult], None]) -> list[str]:
         """Record `purged` in the directory for members now gone from every service."""
-        if any(p.error for p in plan.services.values()):
+        if not plan.every_service or any(p.error for p in plan.services.values()):
             return []
         failed = {r.change.uid for r in summary.failed}
         ready = [uid for uid, m in plan.desired.items()

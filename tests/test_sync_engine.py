@@ -269,3 +269,23 @@ def test_grace_period_counts_from_the_departure_day(with_plans, sync_config) -> 
     # The ERP knew better: a departure date can be corrected, and the grace period follows it.
     with_plans("member", "depart", "ana.lima", "--on", long_ago)
     assert ("archive", "ana.lima") in {(str(c.action), c.uid) for c in sync.plan().changes()}
+
+
+def test_a_run_narrowed_to_some_services_neither_archives_nor_marks_purged(
+        with_plans, sync_config) -> None:
+    add(with_plans, "ana.lima")
+    cloud, other = LedgerService(), LedgerService()
+    other.name = "pads"
+    sync = Sync(sync_config, Journal(sync_config.sync.journal),
+                connectors={"cloud": cloud, "pads": other})
+    sync.apply(sync.plan())
+    with_plans("member", "depart", "ana.lima")
+    narrowed = sync.plan(services=["cloud"])
+    assert narrowed.archives == [] and not narrowed.every_service
+    summary = sync.apply(narrowed)
+    assert summary.purged == [] and "ana.lima" in cloud.state.accounts  # no archive, no purge
+    full = sync.plan()
+    assert full.archives == ["ana.lima"]
+    summary = sync.apply(full)
+    assert summary.purged == ["ana.lima"]
+    assert "ana.lima" not in cloud.state.accounts and "ana.lima" not in other.state.accounts

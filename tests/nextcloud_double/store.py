@@ -1,7 +1,11 @@
-"""The double's state: one JSON file, locked with flock, written atomically.
+"""The double's state: one SQLite database (standard library), shared with ``occ``.
 
-Every operation opens, reads, changes and rewrites the file under an exclusive
-lock, so the HTTP server and the ``occ`` double can share it safely.
+Users, groups, group memberships and auth tokens are rows, so an operation reads and
+writes only the rows it concerns and costs the same with ten users or ten thousand.
+The database is in WAL mode with a busy timeout, so the HTTP server and the ``occ``
+double share it safely; each HTTP request and each ``occ`` command is one transaction
+(``with store.transaction():``), and a failing operation inside one is rolled back on
+its own (a savepoint), as the old whole-file edit discarded its changes.
 
 Next to the store lives the data directory (``<store dir>/data``, as Nextcloud's
 ``datadirectory``): ``<data>/<uid>/files`` is created with the account and removed
@@ -15,7 +19,6 @@ kept in the store too, hashed; only their public part is ever listed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
@@ -23,12 +26,13 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import stat
-import tempfile
+import threading
 import time
 from pathlib import Path
 
-DEFAULT_STORE = "/var/lib/nextcloud-double/store.json"
+DEFAULT_STORE = "/var/lib/nextcloud-double/store.sqlite"
 
 _UNITS = {
     "b": 1,
