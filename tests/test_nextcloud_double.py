@@ -458,3 +458,51 @@ def test_disabled_users_tokens_stop_working(double):
     ocs(double, "DELETE", "users/tokd")
     _make(double, "tokd")
     assert tokens(double, "tokd") == []
+
+
+# ------------------------------------------------------------ the store (SQLite)
+def test_store_imports_a_legacy_json_store_once(tmp_path):
+    from tests.nextcloud_double.store import Store, StoreError, new_user
+
+    user = new_user("old", None)
+    user["groups"] = ["staff"]
+    legacy = {
+        "users": {"old": user},
+        "groups": {"admin": {"displayname": "admin"}, "staff": {"displayname": "Staff"}},
+        "tokens": [
+            {
+                "id": 4,
+                "uid": "old",
+                "name": "cli",
+                "type": 1,
+                "lastActivity": 5,
+                "scope": {"filesystem": True},
+                "hash": "ab" * 32,
+            }
+        ],
+        "next_token_id": 7,
+    }
+    (tmp_path / "store.json").write_text(json.dumps(legacy))
+    store = Store(tmp_path / "store.sqlite")
+    assert store.get_user("old") == user
+    assert store.members("staff") == ["old"] and sorted(store.gids()) == ["admin", "staff"]
+    assert [t["id"] for t in store.tokens_of("old")] == [4]
+    store.add_token("old", "next", 1)
+    assert [t["id"] for t in store.tokens_of("old")] == [4, 7]  # ids are never reused
+    store.close()
+    with pytest.raises(StoreError):
+        Store(tmp_path / "store.json").get_user("old")
+
+
+def test_store_failed_step_undoes_only_itself(tmp_path):
+    from tests.nextcloud_double.store import Store, new_user
+
+    store = Store(tmp_path / "store.sqlite")
+    with store.transaction():
+        store.save_user(new_user("kept", None))
+        with pytest.raises(ValueError), store.transaction():
+            store.save_user(new_user("dropped", None))
+            raise ValueError
+    assert store.uids() == ["kept"]
+    store.close()
+    assert Store(tmp_path / "store.sqlite").uids() == ["kept"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import DOUBLE_NAME
 from .server import configure_logging, serve
-from .store import DEFAULT_STORE, Store
+from .store import DEFAULT_STORE, Store, StoreError
 
 
 def _serve(argv: list[str]) -> int:
@@ -48,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if argv[0] == "serve":
-        return _serve(argv[1:])
-    from .occ import main as occ_main
+    try:
+        if argv[0] == "serve":
+            return _serve(argv[1:])
+        from .occ import main as occ_main
 
-    return occ_main(argv[1:])
+        return occ_main(argv[1:])
+    except StoreError as e:
+        print(f"{DOUBLE_NAME}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

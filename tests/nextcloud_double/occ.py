@@ -23,17 +23,8 @@ import os
 import sys
 
 from . import DOUBLE_NAME
-from .server import OCSError, edit_user
-from .store import (
-    DEFAULT_STORE,
-    PERMANENT_TOKEN,
-    Store,
-    add_token,
-    delete_token,
-    delete_tokens_of,
-    storage_info,
-    tokens_of,
-)
+from .server import OCSError, apply_edit
+from .store import DEFAULT_STORE, PERMANENT_TOKEN, Store, storage_info
 
 
 def _emit(data, output: str) -> None:
@@ -91,11 +82,10 @@ def _auth_tokens(store: Store, cmd: str, rest: list[str], output: str) -> int:
         return 1
     uid = rest[0]
     if cmd == "user:auth-tokens:list":
-        state = store.read()
-        if uid not in state["users"]:
+        if not store.has_user(uid):
             print("user not found", file=sys.stderr)
             return 1
-        tokens = tokens_of(state, uid)
+        tokens = store.tokens_of(uid)
         if output == "plain":
             for t in tokens:
                 kind = {0: "temporary", 1: "permanent"}.get(t["type"], t["type"])
@@ -107,11 +97,10 @@ def _auth_tokens(store: Store, cmd: str, rest: list[str], output: str) -> int:
             _emit(tokens, output)
         return 0
     if cmd == "user:auth-tokens:add":
-        with store.edit() as state:
-            if uid not in state["users"]:
-                print("user not found", file=sys.stderr)
-                return 1
-            secret = add_token(state, uid, "cli", PERMANENT_TOKEN)
+        if not store.has_user(uid):
+            print("user not found", file=sys.stderr)
+            return 1
+        secret = store.add_token(uid, "cli", PERMANENT_TOKEN)
         print("app password:")
         print(secret)
         return 0
@@ -123,8 +112,7 @@ def _auth_tokens(store: Store, cmd: str, rest: list[str], output: str) -> int:
                 file=sys.stderr,
             )
             return 1
-        with store.edit() as state:
-            delete_token(state, uid, int(rest[1]))
+        store.delete_token(int(rest[1]), uid)
         return 0
     print(
         f'Command "{cmd}" is not defined in this occ double (a Nextcloud contract double).',
@@ -151,13 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info", "-i", action="store_true", help="user:list: show details")
     args = parser.parse_args(argv)
     store = Store(args.store, args.data_dir)
+    try:
+        with store.transaction():  # one command, one transaction
+            return _run(store, args)
+    finally:
+        store.close()
+
+
+def _run(store: Store, args: argparse.Namespace) -> int:
     cmd, rest = args.command, args.args
 
     if cmd == "user:list":
-        users = store.read()["users"]
         data = {
-            uid: (_info(u, store) if args.info else (u.get("displayname") or uid))
-            for uid, u in sorted(users.items(), key=lambda kv: kv[0].lower())
+            u["id"]: (_info(u, store) if args.info else (u.get("displayname") or u["id"]))
+            for u in sorted(store.users(), key=lambda u: u["id"].lower())
         }
         _emit(data, args.output)
         return 0
@@ -173,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return _auth_tokens(store, cmd, rest, args.output)
 
     if cmd == "user:info":
-        user = store.read()["users"].get(rest[0])
+        user = store.get_user(rest[0])
         if user is None:
             print("user not found", file=sys.stderr)
             return 1
@@ -181,63 +176,60 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if cmd in ("user:delete", "user:disable", "user:enable"):
-        with store.edit() as state:
-            user = state["users"].get(rest[0])
-            if user is None:
-                print("User does not exist", file=sys.stderr)
-                return 1
-            if cmd == "user:delete":
-                del state["users"][rest[0]]
-                delete_tokens_of(state, rest[0])
-                print("The specified user was deleted")
-            else:
-                user["enabled"] = cmd == "user:enable"
-                print(f"The specified user is {'enabled' if user['enabled'] else 'disabled'}")
+        user = store.get_user(rest[0])
+        if user is None:
+            print("User does not exist", file=sys.stderr)
+            return 1
         if cmd == "user:delete":
+            store.delete_user(rest[0])
             store.remove_home(rest[0])
+            print("The specified user was deleted")
+        else:
+            user["enabled"] = cmd == "user:enable"
+            store.save_user(user)
+            print(f"The specified user is {'enabled' if user['enabled'] else 'disabled'}")
         return 0
 
     if cmd == "user:setting":
         uid, app, key, value = [*rest, None, None, None][:4]
-        with store.edit() as state:
-            user = state["users"].get(uid)
-            if user is None:
-                print("User does not exist", file=sys.stderr)
+        user = store.get_user(uid)
+        if user is None:
+            print("User does not exist", file=sys.stderr)
+            return 1
+        if value is None and not args.delete:
+            settings = _settings(user)
+            if key is None:
+                _emit(
+                    settings.get(app, {}) if app else settings,
+                    args.output if args.output != "plain" else "json_pretty",
+                )
+                return 0
+            if key not in settings.get(app or "", {}):
+                print(f'The setting does not exist for user "{uid}".', file=sys.stderr)
                 return 1
-            if value is None and not args.delete:
-                settings = _settings(user)
-                if key is None:
-                    _emit(
-                        settings.get(app, {}) if app else settings,
-                        args.output if args.output != "plain" else "json_pretty",
-                    )
-                    return 0
-                if key not in settings.get(app or "", {}):
-                    print(f'The setting does not exist for user "{uid}".', file=sys.stderr)
-                    return 1
-                print(settings[app][key])
-                return 0
-            special = {
-                ("files", "quota"): "quota",
-                ("settings", "email"): "email",
-                ("core", "lang"): "language",
-            }
-            if args.delete:
-                if (app, key) == ("files", "quota"):
-                    user["quota"] = "default"
-                elif (app, key) == ("settings", "email"):
-                    user["email"] = None
-                else:
-                    user.get("settings", {}).get(app, {}).pop(key, None)
-                return 0
-            if (app, key) in special:
-                try:
-                    edit_user(state, uid, special[(app, key)], value)
-                except OCSError as e:
-                    print(f"Invalid value for {app}/{key} (OCS code {e.code})", file=sys.stderr)
-                    return 1
+            print(settings[app][key])
+            return 0
+        special = {
+            ("files", "quota"): "quota",
+            ("settings", "email"): "email",
+            ("core", "lang"): "language",
+        }
+        if args.delete:
+            if (app, key) == ("files", "quota"):
+                user["quota"] = "default"
+            elif (app, key) == ("settings", "email"):
+                user["email"] = None
             else:
-                user.setdefault("settings", {}).setdefault(app, {})[key] = value
+                user.get("settings", {}).get(app, {}).pop(key, None)
+        elif (app, key) in special:
+            try:
+                apply_edit(user, special[(app, key)], value)
+            except OCSError as e:
+                print(f"Invalid value for {app}/{key} (OCS code {e.code})", file=sys.stderr)
+                return 1
+        else:
+            user.setdefault("settings", {}).setdefault(app, {})[key] = value
+        store.save_user(user)
         return 0
 
     print(

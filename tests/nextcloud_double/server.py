@@ -40,11 +40,8 @@ from .store import (
     ACTIVITY_UPDATE_INTERVAL,
     TEMPORARY_TOKEN,
     Store,
-    add_token,
     check_password,
     computer_file_size,
-    delete_tokens_of,
-    find_token,
     hash_password,
     human_file_size,
     new_user,
@@ -193,10 +190,17 @@ def set_quota(user: dict, value: str) -> None:
     user["quota"] = quota
 
 
-def edit_user(state: dict, uid: str, key: str, value: str) -> None:
-    user = state["users"].get(uid)
+def edit_user(store: Store, uid: str, key: str, value: str) -> None:
+    """``editUser`` of one key on the stored user `uid` (998 when there is none)."""
+    user = store.get_user(uid)
     if user is None:
         raise OCSError(RESPOND_NOT_FOUND)
+    apply_edit(user, key, value)
+    store.save_user(user)
+
+
+def apply_edit(user: dict, key: str, value: str) -> None:
+    """Set `key` of the user dict `user` as ``editUser`` does, or raise its OCSError."""
     if key in ("display", "displayname"):
         if len(value) > 64:
             raise OCSError(101, "Invalid display name")
@@ -280,27 +284,30 @@ class API:
 
     # users
     def list_users(self, params):
-        return OK, "", {"users": self._search(self.store.read(), params)}
+        return OK, "", {"users": list(self._search(params))}
 
-    def _search(self, state: dict, params: dict) -> list[str]:
+    def _search(self, params: dict) -> dict[str, dict | None]:
+        """The page of matching uids, in order, each with its user when already read."""
         search = (params.get("search") or "").lower()
-        uids = sorted(state["users"], key=str.lower)
         if search:
+            users = {u["id"]: u for u in self.store.users()}
             uids = [
                 u
-                for u in uids
+                for u in sorted(users, key=str.lower)
                 if search in u.lower()
-                or search in (state["users"][u].get("displayname") or "").lower()
-                or search in (state["users"][u].get("email") or "").lower()
+                or search in (users[u].get("displayname") or "").lower()
+                or search in (users[u].get("email") or "").lower()
             ]
-        return _page(uids, params)
+            return {u: users[u] for u in _page(uids, params)}
+        return dict.fromkeys(_page(sorted(self.store.uids(), key=str.lower), params))
 
     def list_users_details(self, params):
         """``getUsersDetails``: {"users": {uid: user data}}; an empty PHP array is ``[]``."""
-        state = self.store.read()
-        details = {
-            uid: user_data(state["users"][uid], self.store) for uid in self._search(state, params)
-        }
+        details = {}
+        for uid, user in self._search(params).items():
+            user = user if user is not None else self.store.get_user(uid)
+            if user is not None:
+                details[uid] = user_data(user, self.store)
         return OK, "", {"users": details or []}
 
     def add_user(self, params):
@@ -308,11 +315,11 @@ class API:
         password = params.get("password") or ""
         email = params.get("email") or ""
         groups = params.get("groups") or []
-        with self.store.edit() as state:
-            if uid in state["users"]:
+        with self.store.transaction():
+            if self.store.has_user(uid):
                 raise OCSError(102, "User already exists")
             for g in groups:
-                if g not in state["groups"]:
+                if not self.store.has_group(g):
                     raise OCSError(104, f"group {g} does not exist")
             if len(password) > 469:
                 raise OCSError(101, "Invalid password value")
@@ -328,25 +335,21 @@ class API:
                 )
             user = new_user(uid, password or None)
             user["groups"] = list(dict.fromkeys(groups))
-            state["users"][uid] = user
-            try:
-                if params.get("displayName"):
-                    edit_user(state, uid, "displayname", params["displayName"])
-                if params.get("quota"):
-                    edit_user(state, uid, "quota", params["quota"])
-                if params.get("language"):
-                    edit_user(state, uid, "language", params["language"])
-                if email:
-                    edit_user(state, uid, "email", email)
-            except OCSError:
-                del state["users"][uid]
-                raise
+            if params.get("displayName"):
+                apply_edit(user, "displayname", params["displayName"])
+            if params.get("quota"):
+                apply_edit(user, "quota", params["quota"])
+            if params.get("language"):
+                apply_edit(user, "language", params["language"])
+            if email:
+                apply_edit(user, "email", email)
+            self.store.save_user(user)
         self.store.make_home(uid)
         LOG.info("created user %s", uid)
         return OK, "", {"id": uid}
 
     def get_user(self, uid):
-        user = self.store.read()["users"].get(uid)
+        user = self.store.get_user(uid)
         if user is None:
             raise OCSError(404, "User does not exist")
         return OK, "", user_data(user, self.store)
@@ -356,32 +359,29 @@ class API:
         value = params.get("value")
         if key is None or value is None:
             raise OCSError(400, "Missing key or value")  # Nextcloud: missing controller argument
-        with self.store.edit() as state:
-            edit_user(state, uid, key, value)
+        edit_user(self.store, uid, key, value)
         return OK, "", None
 
     def delete_user(self, uid, caller):
-        with self.store.edit() as state:
-            if uid not in state["users"]:
-                raise OCSError(RESPOND_NOT_FOUND)
-            if uid == caller:
-                raise OCSError(101)
-            del state["users"][uid]
-            delete_tokens_of(state, uid)
+        if not self.store.has_user(uid):
+            raise OCSError(RESPOND_NOT_FOUND)
+        if uid == caller:
+            raise OCSError(101)
+        self.store.delete_user(uid)
         self.store.remove_home(uid)
         LOG.info("deleted user %s", uid)
         return OK, "", None
 
     def set_enabled(self, uid, enabled, caller):
-        with self.store.edit() as state:
-            user = state["users"].get(uid)
-            if user is None or uid == caller:
-                raise OCSError(101)
-            user["enabled"] = enabled
+        user = self.store.get_user(uid)
+        if user is None or uid == caller:
+            raise OCSError(101)
+        user["enabled"] = enabled
+        self.store.save_user(user)
         return OK, "", None
 
     def user_groups(self, uid):
-        user = self.store.read()["users"].get(uid)
+        user = self.store.get_user(uid)
         if user is None:
             raise OCSError(RESPOND_NOT_FOUND)
         return OK, "", {"groups": list(user["groups"])}
@@ -390,37 +390,36 @@ class API:
         gid = params.get("groupid") or ""
         if gid == "":
             raise OCSError(101)
-        with self.store.edit() as state:
-            if gid not in state["groups"]:
-                raise OCSError(102)
-            user = state["users"].get(uid)
-            if user is None:
-                raise OCSError(103)
-            if gid not in user["groups"]:
-                user["groups"].append(gid)
+        if not self.store.has_group(gid):
+            raise OCSError(102)
+        user = self.store.get_user(uid)
+        if user is None:
+            raise OCSError(103)
+        if gid not in user["groups"]:
+            user["groups"].append(gid)
+            self.store.save_user(user)
         return OK, "", None
 
     def remove_from_group(self, uid, params, caller):
         gid = (params.get("groupid") or "").strip()
         if gid == "":
             raise OCSError(101)
-        with self.store.edit() as state:
-            if gid not in state["groups"]:
-                raise OCSError(102)
-            user = state["users"].get(uid)
-            if user is None:
-                raise OCSError(103)
-            if uid == caller and gid == "admin":
-                raise OCSError(105, "Cannot remove yourself from the admin group")
-            if gid in user["groups"]:
-                user["groups"].remove(gid)
+        if not self.store.has_group(gid):
+            raise OCSError(102)
+        user = self.store.get_user(uid)
+        if user is None:
+            raise OCSError(103)
+        if uid == caller and gid == "admin":
+            raise OCSError(105, "Cannot remove yourself from the admin group")
+        if gid in user["groups"]:
+            user["groups"].remove(gid)
+            self.store.save_user(user)
         return OK, "", None
 
     # groups
     def list_groups(self, params):
-        state = self.store.read()
         search = (params.get("search") or "").lower()
-        gids = sorted(state["groups"], key=str.lower)
+        gids = sorted(self.store.gids(), key=str.lower)
         if search:
             gids = [g for g in gids if search in g.lower()]
         return OK, "", {"groups": _page(gids, params)}
@@ -429,27 +428,21 @@ class API:
         gid = params.get("groupid") or ""
         if not gid.strip():
             raise OCSError(101, "Invalid group name")
-        with self.store.edit() as state:
-            if gid in state["groups"]:
+        with self.store.transaction():
+            if self.store.has_group(gid):
                 raise OCSError(102, "group exists")
-            state["groups"][gid] = {"displayname": params.get("displayname") or gid}
+            self.store.add_group(gid, params.get("displayname") or gid)
         return OK, "", None
 
     def group_users(self, gid):
-        state = self.store.read()
-        if gid not in state["groups"]:
+        if not self.store.has_group(gid):
             raise OCSError(404, "The requested group could not be found")
-        users = sorted(u for u, d in state["users"].items() if gid in d["groups"])
-        return OK, "", {"users": users}
+        return OK, "", {"users": sorted(self.store.members(gid))}
 
     def delete_group(self, gid):
-        with self.store.edit() as state:
-            if gid not in state["groups"] or gid == "admin":
-                raise OCSError(101)
-            del state["groups"][gid]
-            for user in state["users"].values():
-                if gid in user["groups"]:
-                    user["groups"].remove(gid)
+        if not self.store.has_group(gid) or gid == "admin":
+            raise OCSError(101)
+        self.store.delete_group(gid)
         return OK, "", None
 
 
@@ -504,6 +497,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = SERVER_HEADER
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: headers and body go out in two writes, and with Nagle's algorithm and
+    # the client's delayed ACK every keep-alive request would wait ~40 ms for nothing
+    disable_nagle_algorithm = True
     api: API
     store: Store
 
@@ -514,6 +510,10 @@ class Handler(BaseHTTPRequestHandler):
         LOG.info("%s %s", self.address_string(), format % args)
 
     def _send(self, http: int, ctype: str, body: bytes) -> None:
+        """Keep the answer: it goes out once the request's transaction is committed."""
+        self._answer = (http, ctype, body)
+
+    def _write(self, http: int, ctype: str, body: bytes) -> None:
         self.send_response(http)
         for cookie in getattr(self, "_set_cookies", []):
             self.send_header("Set-Cookie", cookie)
@@ -549,22 +549,17 @@ class Handler(BaseHTTPRequestHandler):
         minutes, the double on every use): the token of a disabled or deleted user is
         deleted and refused. ``lastActivity`` is updated at most once a minute.
         """
-        state = self.store.read()
-        token = find_token(state, secret)
+        token = self.store.find_token(secret)
         if token is None or (login is not None and token["uid"] != login):
             return None
-        user = state["users"].get(token["uid"])
+        user = self.store.get_user(token["uid"])
         now = int(time.time())
         if user is None or not user.get("enabled"):
-            with self.store.edit() as state:
-                state["tokens"] = [t for t in state["tokens"] if t["id"] != token["id"]]
+            self.store.delete_token(token["id"])
             LOG.info("token %s of disabled user %s invalidated", token["id"], token["uid"])
             return None
         if now - int(token.get("lastActivity", 0)) >= ACTIVITY_UPDATE_INTERVAL:
-            with self.store.edit() as state:
-                for t in state["tokens"]:
-                    if t["id"] == token["id"]:
-                        t["lastActivity"] = now
+            self.store.touch_token(token["id"], now)
         return token["uid"]
 
     def _caller(self) -> str | None:
@@ -587,26 +582,21 @@ class Handler(BaseHTTPRequestHandler):
         # an app password (or any token of this login) in place of the password
         if self._token_login(password, login=uid) is not None:
             return uid
-        user = self.store.read()["users"].get(uid)
+        user = self.store.get_user(uid)
         if user is None or not user.get("enabled") or not self._password_ok(user, password):
             time.sleep(0.05)
             return None
         # Session::logClientIn: a password login creates a session token only for a client
         # that keeps cookies (it sent back the cookie_test cookie set on an earlier answer).
         if COOKIE_TEST in cookies:
-            with self.store.edit() as state:
-                agent = self.headers.get("User-Agent") or "unknown client"
-                secret = add_token(state, uid, agent, TEMPORARY_TOKEN)
+            agent = self.headers.get("User-Agent") or "unknown client"
+            secret = self.store.add_token(uid, agent, TEMPORARY_TOKEN)
             self._set_cookies.append(f"{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax")
         else:
             self._set_cookies.append(f"{COOKIE_TEST}=test; Path=/; Max-Age=3600")
         return uid
 
-    def _handle(self) -> None:
-        self._set_cookies: list[str] = []
-        url = urllib.parse.urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+    def _handle(self, url: urllib.parse.SplitResult, body: bytes) -> None:
         if url.path == "/status.php" and self.command in ("GET", "HEAD"):
             data = {
                 "installed": True,
@@ -654,13 +644,14 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(
                 *render(version, fmt, RESPOND_UNAUTHORISED, "Current user is not logged in", None)
             )
-        users = self.store.read()["users"]
-        if parts != ["cloud", "user"] and "admin" not in users.get(caller, {}).get("groups", []):
+        user = self.store.get_user(caller) or {}
+        if parts != ["cloud", "user"] and "admin" not in user.get("groups", []):
             return self._send(
                 *render(version, fmt, 403, "Logged in account must be an admin", None)
             )
         try:
-            status, message, data = self.api.route(self.command, parts, params, caller)
+            with self.store.transaction():  # a failing call undoes its own changes only
+                status, message, data = self.api.route(self.command, parts, params, caller)
         except MethodNotAllowed:
             return self._send(405, "text/plain; charset=utf-8", b"")
         except OCSError as e:
@@ -671,8 +662,16 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(*render(version, fmt, status, message, data))
 
     def _guarded(self) -> None:
-        with self.server.request_lock:  # type: ignore[attr-defined]
-            self._handle()
+        self._set_cookies: list[str] = []
+        self._answer: tuple[int, str, bytes] | None = None
+        url = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        # one request, one transaction (the occ double waits for it, and it for occ)
+        with self.server.request_lock, self.store.transaction():  # type: ignore[attr-defined]
+            self._handle(url, body)
+        if self._answer is not None:
+            self._write(*self._answer)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _guarded
 

@@ -111,15 +111,6 @@ def check_password(password: str, stored: str | None) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
-def empty_state() -> dict:
-    return {
-        "users": {},
-        "groups": {"admin": {"displayname": "admin"}},
-        "tokens": [],
-        "next_token_id": 1,
-    }
-
-
 def new_user(uid: str, password: str | None) -> dict:
     return {
         "id": uid,
@@ -157,55 +148,6 @@ def _token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def add_token(state: dict, uid: str, name: str, kind: int) -> str:
-    """Record a new auth token of `uid`; return its secret (stored only as a hash)."""
-    secret = secrets.token_urlsafe(48)
-    token_id = int(state.get("next_token_id", 1))
-    state["next_token_id"] = token_id + 1
-    now = int(time.time())
-    state.setdefault("tokens", []).append(
-        {
-            "id": token_id,
-            "uid": uid,
-            "name": name[:120] or "unknown client",
-            "type": kind,
-            "lastActivity": now,
-            "scope": {"filesystem": True},
-            "hash": _token_hash(secret),
-        }
-    )
-    return secret
-
-
-def find_token(state: dict, secret: str) -> dict | None:
-    """The token whose secret is `secret`, or None."""
-    wanted = _token_hash(secret)
-    for token in state.get("tokens", []):
-        if hmac.compare_digest(token["hash"], wanted):
-            return token
-    return None
-
-
-def tokens_of(state: dict, uid: str) -> list[dict]:
-    """A user's tokens as ``occ user:auth-tokens:list`` shows them (no secret, no hash)."""
-    return [
-        {k: t[k] for k in ("id", "name", "lastActivity", "type", "scope")}
-        for t in state.get("tokens", [])
-        if t["uid"] == uid
-    ]
-
-
-def delete_token(state: dict, uid: str, token_id: int) -> None:
-    """Nextcloud's invalidateTokenById: silently nothing when there is no such token."""
-    state["tokens"] = [
-        t for t in state.get("tokens", []) if not (t["uid"] == uid and t["id"] == token_id)
-    ]
-
-
-def delete_tokens_of(state: dict, uid: str) -> None:
-    state["tokens"] = [t for t in state.get("tokens", []) if t["uid"] != uid]
-
-
 def storage_info(user: dict, used: int | None) -> dict:
     """OCS ``quota`` of a user, as ``AUserData::fillStorageInfo`` builds it.
 
@@ -233,8 +175,46 @@ def storage_info(user: dict, used: int | None) -> dict:
     }
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (uid TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (gid TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS memberships (
+    gid TEXT NOT NULL, uid TEXT NOT NULL, PRIMARY KEY (gid, uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS memberships_uid ON memberships (uid);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    name TEXT NOT NULL,
+    type INTEGER NOT NULL,
+    last_activity INTEGER NOT NULL,
+    scope TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_hash ON tokens (hash);
+CREATE INDEX IF NOT EXISTS tokens_uid ON tokens (uid);
+"""
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _dumps(value) -> str:
+    # sorted keys: a user's settings come back in the order the JSON store gave them
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used (the message says why)."""
+
+
 class Store:
-    """The JSON file. Use ``with store.edit() as state`` / ``store.read()``."""
+    """The SQLite database at `path`.
+
+    Reads and writes go through methods that touch only the rows they concern; group
+    several in one transaction with ``with store.transaction():`` (nested calls become
+    savepoints, so an operation that fails inside a request undoes only itself). A
+    method called outside a transaction is one transaction of its own.
+    """
 
     def __init__(
         self,
@@ -242,10 +222,265 @@ class Store:
         data_dir: str | os.PathLike[str] | None = None,
     ):
         self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
         # Nextcloud's datadirectory: <data_dir>/<uid>/files holds a user's files.
         self.data_dir = Path(data_dir) if data_dir else self.path.parent / "data"
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._depth = 0
 
+    # ------------------------------------------------------------ connection
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        with self._lock:
+            if self._conn is None:
+                self._open()
+        assert self._conn is not None
+        return self._conn
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # create it 0600 first: SQLite gives its -wal and -shm files the database's mode
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        with open(self.path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise StoreError(
+                f"{self.path} is not an SQLite database (a JSON store of an older double? "
+                f"give --store a new path ending in .sqlite: a store.json beside it is "
+                f"imported on first use)"
+            )
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn = conn
+        with self.transaction():
+            fresh = (
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'users'"
+                ).fetchone()
+                is None
+            )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO groups (gid, data) VALUES ('admin', ?)",
+                (_dumps({"displayname": "admin"}),),
+            )
+            if fresh:
+                self._import_json(self.path.with_suffix(".json"))
+
+    def _import_json(self, legacy: Path) -> None:
+        """Take over the JSON store of earlier versions of the double (once, when new)."""
+        if legacy == self.path or not legacy.is_file():
+            return
+        with open(legacy, encoding="utf-8") as f:
+            state = json.load(f)
+        for gid, group in state.get("groups", {}).items():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO groups (gid, data) VALUES (?, ?)", (gid, _dumps(group))
+            )
+        for user in state.get("users", {}).values():
+            self.save_user(user)
+        for t in state.get("tokens", []):
+            self.conn.execute(
+                "INSERT INTO tokens (id, uid, hash, name, type, last_activity, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    t["id"],
+                    t["uid"],
+                    t["hash"],
+                    t["name"],
+                    t["type"],
+                    t["lastActivity"],
+                    _dumps(t["scope"]),
+                ),
+            )
+        # ids are never handed out twice, as with the JSON store's next_token_id
+        next_id = int(state.get("next_token_id", 1))
+        self.conn.execute("DELETE FROM sqlite_sequence WHERE name = 'tokens'")
+        self.conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('tokens', ?)", (next_id - 1,)
+        )
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._connection()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One transaction (BEGIN IMMEDIATE: the write lock, waited for up to the busy
+        timeout); inside another, a savepoint rolled back alone when its block raises."""
+        with self._lock:
+            conn = self.conn
+            if self._depth == 0:
+                conn.execute("BEGIN IMMEDIATE")
+                begin, commit, rollback = None, "COMMIT", "ROLLBACK"
+            else:
+                name = f"sp{self._depth}"
+                begin, commit, rollback = (
+                    f"SAVEPOINT {name}",
+                    f"RELEASE {name}",
+                    f"ROLLBACK TO {name}; RELEASE {name}",
+                )
+                conn.execute(begin)
+            self._depth += 1
+            try:
+                yield self
+            except BaseException:
+                self._depth -= 1
+                for statement in rollback.split(";"):
+                    conn.execute(statement)
+                raise
+            self._depth -= 1
+            try:
+                conn.execute(commit)
+            except BaseException:
+                if self._depth == 0 and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------ users
+    def get_user(self, uid: str) -> dict | None:
+        row = self.conn.execute("SELECT data FROM users WHERE uid = ?", (uid,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def has_user(self, uid: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM users WHERE uid = ?", (uid,)).fetchone()
+        return row is not None
+
+    def save_user(self, user: dict) -> None:
+        """Insert or replace the user `user["id"]`, group memberships included."""
+        with self.transaction():
+            uid = user["id"]
+            self.conn.execute(
+                "INSERT OR REPLACE INTO users (uid, data) VALUES (?, ?)", (uid, _dumps(user))
+            )
+            self.conn.execute("DELETE FROM memberships WHERE uid = ?", (uid,))
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO memberships (gid, uid) VALUES (?, ?)",
+                [(gid, uid) for gid in user.get("groups", [])],
+            )
+
+    def delete_user(self, uid: str) -> None:
+        """The user, their memberships and their tokens."""
+        with self.transaction():
+            for table in ("users", "memberships", "tokens"):
+                self.conn.execute(f"DELETE FROM {table} WHERE uid = ?", (uid,))
+
+    def uids(self) -> list[str]:
+        """Every uid, in code point order (callers sort further as they need)."""
+        return [r[0] for r in self.conn.execute("SELECT uid FROM users ORDER BY uid")]
+
+    def users(self) -> list[dict]:
+        """Every user, in code point order of uid (listings only)."""
+        return [json.loads(r[0]) for r in self.conn.execute("SELECT data FROM users ORDER BY uid")]
+
+    # ------------------------------------------------------------ groups
+    def has_group(self, gid: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM groups WHERE gid = ?", (gid,)).fetchone()
+        return row is not None
+
+    def gids(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT gid FROM groups ORDER BY gid")]
+
+    def add_group(self, gid: str, displayname: str) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO groups (gid, data) VALUES (?, ?)",
+                (gid, _dumps({"displayname": displayname})),
+            )
+
+    def members(self, gid: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT uid FROM memberships WHERE gid = ? ORDER BY uid", (gid,)
+            )
+        ]
+
+    def delete_group(self, gid: str) -> None:
+        """The group, and it from its members' group lists."""
+        with self.transaction():
+            for uid in self.members(gid):
+                user = self.get_user(uid)
+                if user is not None:
+                    user["groups"] = [g for g in user.get("groups", []) if g != gid]
+                    self.save_user(user)
+            self.conn.execute("DELETE FROM memberships WHERE gid = ?", (gid,))
+            self.conn.execute("DELETE FROM groups WHERE gid = ?", (gid,))
+
+    # ------------------------------------------------------------ auth tokens
+    def add_token(self, uid: str, name: str, kind: int) -> str:
+        """Record a new auth token of `uid`; return its secret (stored only as a hash)."""
+        secret = secrets.token_urlsafe(48)
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO tokens (uid, hash, name, type, last_activity, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    uid,
+                    _token_hash(secret),
+                    name[:120] or "unknown client",
+                    kind,
+                    int(time.time()),
+                    _dumps({"filesystem": True}),
+                ),
+            )
+        return secret
+
+    def find_token(self, secret: str) -> dict | None:
+        """The token whose secret is `secret` (id, uid, lastActivity), or None."""
+        wanted = _token_hash(secret)
+        row = self.conn.execute(
+            "SELECT id, uid, hash, last_activity FROM tokens WHERE hash = ?", (wanted,)
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row[2], wanted):
+            return None
+        return {"id": row[0], "uid": row[1], "lastActivity": row[3]}
+
+    def touch_token(self, token_id: int, now: int) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE tokens SET last_activity = ? WHERE id = ?", (now, token_id))
+
+    def tokens_of(self, uid: str) -> list[dict]:
+        """A user's tokens as ``occ user:auth-tokens:list`` shows them (no secret, no hash)."""
+        return [
+            {
+                "id": r[0],
+                "name": r[1],
+                "lastActivity": r[2],
+                "type": r[3],
+                "scope": json.loads(r[4]),
+            }
+            for r in self.conn.execute(
+                "SELECT id, name, last_activity, type, scope FROM tokens WHERE uid = ? ORDER BY id",
+                (uid,),
+            )
+        ]
+
+    def delete_token(self, token_id: int, uid: str | None = None) -> None:
+        """Nextcloud's invalidateTokenById: silently nothing when there is no such token."""
+        with self.transaction():
+            if uid is None:
+                self.conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+            else:
+                self.conn.execute("DELETE FROM tokens WHERE id = ? AND uid = ?", (token_id, uid))
+
+    # ------------------------------------------------------------ homes
     def home(self, uid: str) -> Path:
         return self.data_dir / uid
 
@@ -275,60 +510,16 @@ class Store:
                     total += st.st_size
         return total
 
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _load(self) -> dict:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                state = json.load(f)
-        except FileNotFoundError:
-            return empty_state()
-        state.setdefault("users", {})
-        state.setdefault("groups", {})
-        state.setdefault("tokens", [])
-        state.setdefault("next_token_id", 1)
-        state["groups"].setdefault("admin", {"displayname": "admin"})
-        return state
-
-    def read(self) -> dict:
-        with self._locked(exclusive=False):
-            return self._load()
-
-    @contextlib.contextmanager
-    def edit(self):
-        with self._locked(exclusive=True):
-            state = self._load()
-            yield state
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".store-")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(state, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-
     def ensure_admin(self, uid: str, password: str) -> None:
         """Create or update the admin account (member of group admin)."""
-        with self.edit() as state:
-            user = state["users"].get(uid)
+        with self.transaction():
+            user = self.get_user(uid)
             if user is None:
-                user = state["users"][uid] = new_user(uid, password)
+                user = new_user(uid, password)
             elif not check_password(password, user.get("password")):
                 user["password"] = hash_password(password)
             user["enabled"] = True
             if "admin" not in user["groups"]:
                 user["groups"].append("admin")
+            self.save_user(user)
         self.make_home(uid)
