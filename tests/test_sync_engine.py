@@ -289,3 +289,34 @@ def test_a_run_narrowed_to_some_services_neither_archives_nor_marks_purged(
     summary = sync.apply(full)
     assert summary.purged == ["ana.lima"]
     assert "ana.lima" not in cloud.state.accounts and "ana.lima" not in other.state.accounts
+
+
+def test_directory_gone_mid_way_then_the_next_run_finishes(with_plans, sync_config) -> None:
+    """The directory stops answering after the plan was read: the services are changed, the
+    purge mark cannot be written (an Error, not a traceback), the next run finishes the job.
+
+    The shared test slapd keeps running; the sync is pointed at a closed port instead, which
+    is what a stopped slapd looks like from coopctl.
+    """
+    from provisioner.errors import DirectoryUnavailable
+    from tests.sync_helpers import free_port
+
+    add(with_plans, "ana.lima")
+    service = LedgerService()
+    sync = engine(sync_config, service)
+    sync.apply(sync.plan())
+    with_plans("member", "depart", "ana.lima")
+    plan = sync.plan()
+    reachable = sync.config
+    sync.config = dataclasses.replace(reachable, directory=dataclasses.replace(
+        reachable.directory, uri=f"ldap://127.0.0.1:{free_port()}"))
+    with pytest.raises(DirectoryUnavailable):
+        sync.apply(plan)
+    sync.config = reachable
+    assert "ana.lima" not in service.state.accounts  # archived, then purged
+    assert archive.find_verified(sync_config.sync.archive_dir, "ana.lima") is not None
+    plan = sync.plan()
+    assert plan.changes() == [] and plan.due == {"ana.lima"}
+    summary = sync.apply(plan)
+    assert summary.purged == ["ana.lima"]
+    assert sync.plan().due == set()
