@@ -12,6 +12,7 @@ control sockets) is kept in the lab's state directory so nothing lands in ``~/.a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -297,6 +298,13 @@ def run_sync_playbook(
     private = state_dir / "runner-sync" / ("-".join(sorted(extravars or {})) or "none")
     private.mkdir(parents=True, exist_ok=True, mode=0o700)
     shutil.rmtree(private / "env", ignore_errors=True)
+    # The batch goes in a file (mode 0600), never on ansible-playbook's command line: 10,000
+    # members' items are longer than the kernel allows for arguments.
+    batch = private / "batch.json"
+    batch.unlink(missing_ok=True)
+    fd = os.open(batch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(extravars or {}, out)
     collector = ItemCollector(echo)
     started = time.monotonic()
     result = ansible_runner.run(
@@ -305,7 +313,7 @@ def run_sync_playbook(
         playbook=str(path),
         inventory=str(Path(inventory).resolve()),
         envvars=ansible_env(state_dir),
-        extravars=extravars or {},
+        cmdline=f"-e @{batch}",
         quiet=True,
         event_handler=collector,
         rotate_artifacts=3,

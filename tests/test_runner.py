@@ -72,3 +72,46 @@ def test_option_files_left_by_an_older_coopctl_are_ignored(local_deploy) -> None
     recap = deploy("fresh")
     assert recap.rc == 0 and recap.changed == 1
     assert out.read_text() == "fresh check=False"
+
+
+SYNC_PLAYBOOK = """
+- name: A sync batch
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Each member's item (one fails)
+      ansible.builtin.assert:
+        that: item.uid != 'bob'
+        fail_msg: "bob cannot be done"
+        quiet: true
+      loop: "{{ coop_sync_test[:3] }}"
+      loop_control:
+        label: "{{ item.uid }}"
+      ignore_errors: true
+    - name: How many items arrived
+      ansible.builtin.copy:
+        content: "{{ coop_sync_test | length }}"
+        dest: "{{ out }}"
+        mode: "0600"
+"""
+
+
+def test_sync_playbook_reports_failed_items_and_takes_a_batch_too_big_for_argv(
+        tmp_path: Path) -> None:
+    """10,000 members' items exceed what a command line may hold: they go in a 0600 file."""
+    inventory = tmp_path / "hosts.yml"
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": local}}}))
+    playbook = tmp_path / "sync.yml"
+    playbook.write_text(SYNC_PLAYBOOK)
+    out = tmp_path / "count.txt"
+    items = [{"uid": "bob", "action": "x"}] + [
+        {"uid": f"member{i:05d}", "action": "create", "note": "x" * 200} for i in range(12_000)]
+    result = runner.run_sync_playbook(inventory, state_dir=tmp_path / "state",
+                                      playbook=str(playbook),
+                                      extravars={"coop_sync_test": items, "out": str(out)})
+    assert result.ok, result.error
+    assert list(result.failed_items) == ["bob"] and "bob cannot" in result.failed_items["bob"]
+    assert out.read_text() == str(len(items))
+    batch = tmp_path / "state" / "runner-sync" / "coop_sync_test-out" / "batch.json"
+    assert batch.stat().st_mode & 0o077 == 0
