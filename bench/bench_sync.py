@@ -15,7 +15,8 @@ Prints, for N members in the directory (default 10,000):
          with nothing changed
   and the peak memory of each sync process, with the ratios a/e and a/f and the targets.
 
-    .venv/bin/python bench/bench_sync.py [--members 10000] [--batch 1000] [--skip-anchor]
+    coopctl lab down --name bench; coopctl lab up --name bench --index 5   # a fresh lab
+    .venv/bin/python bench/bench_sync.py --lab bench [--members 10000] [--batch 1000]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -153,7 +155,10 @@ def main() -> None:
     if cfg is None:
         raise SystemExit(f"no lab {args.lab!r}: run `coopctl lab up` first")
     work = cfg.state_dir / "bench-sync"
-    work.mkdir(exist_ok=True)
+    # The journal's marks (welcome sent...) must describe these services: a bench starts on a
+    # freshly deployed lab, with a fresh state.
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     config = write_coopctl_config(cfg, work / "coopctl.yaml")
     import yaml
 
