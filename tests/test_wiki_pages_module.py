@@ -44,3 +44,15 @@ def test_refuses_paths_outside_the_pages_directory(tmp_path: Path, path: str) ->
     with pytest.raises(ValueError, match="unsafe page path"):
         m.write_pages(str(tmp_path), [{"path": path, "content": "x"}], os.getuid(),
                       os.getgid(), 0o644, 0o755, check=False)
+
+
+def test_members_start_pages_come_from_one_text_per_language(tmp_path: Path) -> None:
+    m = load()
+    texts = {"fr": "====== @@NAME@@ ======\nBienvenue dans user:@@NS@@\n",
+             "en": "====== @@NAME@@ ======\nWelcome to user:@@NS@@\n"}
+    pages = m.member_pages([{"ns": "ana", "name": "Ana Lima", "language": "fr"},
+                            {"ns": "bob", "name": "Bob", "language": "nl"}], texts)
+    assert pages == [
+        {"path": "user/ana/start.txt",
+         "content": "====== Ana Lima ======\nBienvenue dans user:ana\n"},
+        {"path": "user/bob/start.txt", "content": "====== Bob ======\nWelcome to user:bob\n"}]
