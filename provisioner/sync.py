@@ -56,6 +56,8 @@ CONNECTORS = {
 ORDER = list(CONNECTORS)
 ACTION_ORDER = {a: i for i, a in enumerate(Action)}
 ARCHIVE_SERVICE = "archive"
+# Up to this many --member, the sync reads only those members from the directory.
+NARROW_READ_MAX = 50
 DIRECTORY_SERVICE = "directory"
 
 
@@ -211,25 +213,31 @@ class Sync:
                 if n in self._connectors and (not wanted or n in wanted)}
 
     # -- read --------------------------------------------------------------------------
-    def read(self, uids: Iterable[str] = ()) -> tuple[list[Member], dict[str, Plan]]:
-        """Every member and plan (one search each); raises if the directory cannot answer."""
+    def read(self, uids: Iterable[str] = ()) -> tuple[list[Member], dict[str, Plan], int]:
+        """Members, plans and how many members the directory holds; raises if it cannot
+        answer. A sync narrowed to a few members reads only theirs (and counts the others)."""
         from provisioner.directory import Directory
         from provisioner.ldapconn import connect
 
+        wanted = sorted(set(uids))
         conn = connect(self.config.directory)
         try:
             directory = Directory(self.config, conn)
-            members = directory.members()
+            if wanted and len(wanted) <= NARROW_READ_MAX:
+                members = directory.members_named(wanted)
+                total = directory.count_members()
+            else:
+                members = directory.members()
+                total = len(members)
             plans = {p.name: p for p in directory.plans()}
         finally:
             conn.unbind()
-        wanted = set(uids)
         if wanted:
-            missing = wanted - {m.uid for m in members}
+            missing = set(wanted) - {m.uid for m in members}
             if missing:
                 raise CoopError(f"no member with uid {', '.join(sorted(missing))}",
                                 "list members with `coopctl member list`")
-        return members, plans
+        return members, plans, total
 
     # -- plan --------------------------------------------------------------------------
     def plan(self, services: Iterable[str] = (), uids: Iterable[str] = (),
@@ -237,8 +245,8 @@ class Sync:
         now = now or datetime.now(UTC)
         uids = set(uids)
         connectors = self.connectors(services)
-        members, plans = self.read(uids)
-        self._guard_member_count(len(members), narrowed=bool(uids), force=force)
+        members, plans, total = self.read(uids)
+        self._guard_member_count(total, narrowed=bool(uids), force=force)
         findings: list[Finding] = []
         desired: dict[str, MemberState] = {}
         due: set[str] = set()
@@ -252,7 +260,7 @@ class Sync:
             desired[m.uid] = member_state(m, self.settings.default_language)
             if m.status == "departed" and purge_due(m, self.settings.grace_days, now):
                 due.add(m.uid)
-        result = SyncPlan(members_read=len(members), desired=desired, services={},
+        result = SyncPlan(members_read=total, desired=desired, services={},
                           findings=findings, due=due)
         # Services are observed at the same time (each waits on its own server or host).
         with ThreadPoolExecutor(max_workers=max(1, len(connectors))) as pool:
@@ -266,7 +274,7 @@ class Sync:
         result.archives = sorted(
             uid for uid in due if result.every_service
             and archive.find_verified(self.settings.archive_dir, uid) is None)
-        self._guard_destructive(result, len(members), force)
+        self._guard_destructive(result, total, force)
         return result
 
     def _plan_service(self, name: str, connector: Connector, desired: dict[str, MemberState],

@@ -229,6 +229,10 @@ def test_create_then_nothing_left_to_do(cloud):
                           auth=("admin", ADMIN_PASSWORD), timeout=5).json()["ocs"]["data"]
     assert (answer["email"], answer["displayname"]) == ("jan@demo.coop", "Member jan")
     assert cloud["hosts"].runs == []  # nothing host-side for accounts
+    # A sync narrowed to a few members searches for them instead of listing everyone;
+    # "m1" also matches nobody else's uid exactly ("m10" would not exist here anyway).
+    narrowed = conn.observe(["jan", "m1"])
+    assert set(narrowed.users) == {"jan", "m1"} and narrowed.users["jan"] == jan
 
 
 def test_quota_and_the_over_quota_finding(cloud):

@@ -81,7 +81,7 @@ def _brief(change) -> str:
 def sync(state: State, dry_run: bool, services: tuple[str, ...], members: tuple[str, ...],
          yes: bool, force: bool, as_json: bool) -> None:
     """Make every service match the directory: plan, confirm, apply, verify."""
-    from provisioner.sync import Sync
+    from provisioner.sync import CONNECTORS, Sync
 
     engine = Sync(state.config)
     plan = engine.plan(services, members, force=force)
@@ -101,8 +101,10 @@ def sync(state: State, dry_run: bool, services: tuple[str, ...], members: tuple[
                 "check it with `coopctl sync --dry-run`, then run with --yes")
         click.confirm("Apply these changes, destructive ones included?", abort=True)
     summary = engine.apply(plan, _progress(len(changes), as_json))
-    left = engine.plan(services, members, force=True)
-    summary.left = len(left.changes())
+    # Verify: observe again the services that were changed (the others cannot have moved
+    # because of this run), and count what is still to do.
+    touched = sorted({c.service for c in changes} & set(CONNECTORS))
+    summary.left = len(engine.plan(touched, members, force=True).changes()) if touched else 0
     if as_json:
         emit(True, {"plan": plan.to_dict(), "applied": True, "summary": summary.to_dict()}, "")
     else:

@@ -171,6 +171,10 @@ def _account(uid: str, data: Mapping[str, Any]) -> CloudAccount:
     )
 
 
+#: Up to this many members, a narrowed observe searches for each instead of listing all.
+NARROW_SEARCH_MAX = 20
+
+
 class CloudConnector(PlaybookExport, Connector):
     """Nextcloud through its OCS provisioning API, host work through the sync playbook."""
 
@@ -266,12 +270,15 @@ class CloudConnector(PlaybookExport, Connector):
             raise _Failed(f"{method} {path}: OCS {code}{suffix}")
         return code, payload
 
-    def _pages(self, client: _Client, path: str, key: str) -> Iterable[Any]:
+    def _pages(self, client: _Client, path: str, key: str,
+               search: str | None = None) -> Iterable[Any]:
         """Page through a listing (``limit``/``offset``) until a short page."""
         offset, size = 0, self._page_size
         while True:
-            _, payload = self._ocs(client, "GET", path,
-                                   params={"limit": size, "offset": offset})
+            params: dict[str, Any] = {"limit": size, "offset": offset}
+            if search is not None:
+                params["search"] = search
+            _, payload = self._ocs(client, "GET", path, params=params)
             page = (payload or {}).get(key) if isinstance(payload, Mapping) else None
             # PHP serialises an empty array as [], a uid-keyed one as an object
             items = list(page.items()) if isinstance(page, Mapping) else list(page or [])
@@ -286,13 +293,18 @@ class CloudConnector(PlaybookExport, Connector):
         client = self._client()
         wanted = set(uids) if uids is not None else None
         users: dict[str, CloudAccount] = {}
+        # A sync narrowed to a few members searches for each of them (Nextcloud's search
+        # matches the uid; exact matches are kept) instead of listing every account.
+        searches: list[str | None] = (sorted(wanted) if wanted is not None
+                                      and len(wanted) <= NARROW_SEARCH_MAX else [None])
         try:
-            for key, data in self._pages(client, "users/details", "users"):
-                if not isinstance(data, Mapping):
-                    continue
-                uid = str(data.get("id") or key)
-                if wanted is None or uid in wanted:
-                    users[uid] = _account(uid, data)
+            for search in searches:
+                for key, data in self._pages(client, "users/details", "users", search):
+                    if not isinstance(data, Mapping):
+                        continue
+                    uid = str(data.get("id") or key)
+                    if wanted is None or uid in wanted:
+                        users[uid] = _account(uid, data)
             groups = frozenset(str(g) for g in self._pages(client, "groups", "groups"))
         except _Failed as exc:
             raise ServiceUnavailable(str(exc) if isinstance(exc, _Down)
