@@ -188,9 +188,9 @@ def test_members_absent_from_desired_are_never_touched() -> None:
 # -- welcome mail -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("language", "words"), [
-    ("fr", ["Bienvenue", "Mot de passe oublié", "identifiant"]),
-    ("nl", ["Welkom", "Wachtwoord vergeten", "gebruikersnaam"]),
-    ("en", ["Welcome", "Forgot password", "login name"]),
+    ("fr", ["Bienvenue", "mot de passe", "identifiant", "écrivez à"]),
+    ("nl", ["Welkom", "wachtwoord", "gebruikersnaam", "schrijf dan naar"]),
+    ("en", ["Welcome", "password", "login name", "write to"]),
 ])
 def test_welcome_mail_in_each_language_with_a_non_ascii_name(language: str,
                                                             words: list[str]) -> None:

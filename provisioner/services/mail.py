@@ -304,6 +304,9 @@ class MailConnector(PlaybookExport, Connector):
             "imap_host": settings.get("imap_host") or f"imap.{domain}",
             "submission_host": settings.get("submission_host") or f"smtp.{domain}",
             "sender": self.sender,
+            # Who a member writes to for a new password: there is no self-service reset yet
+            # (Keycloak federates the directory read-only), so the mail must name a person.
+            "help_contact": settings.get("help_contact") or self.sender,
         }
 
     def welcome_message(self, uid: str, mail: str, name: str, language: str) -> EmailMessage:
