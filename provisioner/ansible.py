@@ -214,9 +214,15 @@ def deploy_playbook(
             f"failed={counts['failed']} unreachable={counts['unreachable']} "
             f"skipped={counts['skipped']}"
         )
-    if not recap.hosts and result.rc:
-        tail = "".join(result.stdout.readlines()[-15:]) if result.stdout else ""
-        echo(f"ansible-playbook failed before running any task (rc {result.rc}):\n{tail}")
+    if not recap.hosts:
+        # An inventory that does not parse, or names no host, leaves ansible-playbook with
+        # nothing to do, and it says so with rc 0: that is no deploy.
+        tail = "".join(result.stdout.readlines()[-15:]).strip() if result.stdout else ""
+        raise AnsibleError(
+            f"ansible-playbook ran no task on any host (rc {result.rc}) with the inventory "
+            f"{inventory}: {tail[-600:] or 'no output'}",
+            "check that the inventory parses and lists the coop's hosts "
+            "(ansible-inventory -i FILE --graph)")
     echo(
         f"deploy {result.status} in {recap.seconds:.1f} s: changed {recap.changed}, "
         f"failed {recap.failed}, unreachable {recap.unreachable}"

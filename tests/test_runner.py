@@ -115,3 +115,26 @@ def test_sync_playbook_reports_failed_items_and_takes_a_batch_too_big_for_argv(
     assert out.read_text() == str(len(items))
     batch = tmp_path / "state" / "runner-sync" / "coop_sync_test-out" / "batch.json"
     assert batch.stat().st_mode & 0o077 == 0
+
+
+def test_an_inventory_that_does_not_parse_is_an_error_not_a_success(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ansible-playbook exits 0 with no host when the inventory does not parse."""
+    from click.testing import CliRunner
+
+    from provisioner.lab.cli import deploy
+
+    monkeypatch.setattr(runner, "prepare_artifacts", lambda echo: None)
+    broken = tmp_path / "broken.yml"
+    broken.write_text("all:\n  hosts: [unclosed\n")
+    playbook = tmp_path / "write.yml"
+    playbook.write_text(PLAYBOOK)
+    with pytest.raises(runner.AnsibleError, match="ran no task on any host"):
+        runner.deploy_playbook(broken, lab_dir=tmp_path / "lab", playbook=str(playbook),
+                               echo=lambda line: None)
+    result = CliRunner().invoke(deploy, ["--inventory", str(broken), "--playbook",
+                                         str(playbook), "--state-dir", str(tmp_path / "lab")])
+    assert result.exit_code != 0
+    assert "Error: ansible-playbook ran no task" in result.output
+    assert "Hint: check that the inventory parses" in result.output
+    assert "successful" not in result.output

@@ -28,7 +28,9 @@ def _state_dir(name: str, state_dir: Path | None) -> Path:
 
 
 def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc)) from exc
+    """`Error: ...` (click prints that prefix), and the `Hint: ...` line of a CoopError."""
+    hint = getattr(exc, "hint", None)
+    raise click.ClickException(str(exc) + (f"\nHint: {hint}" if hint else "")) from exc
 
 
 STATE_DIR_OPTION = click.option(
@@ -87,9 +89,9 @@ def up(name: str, index: int, hosts: str, state_dir: Path | None, no_deploy: boo
             from provisioner.ansible import deploy_playbook
 
             recap = deploy_playbook(cfg.inventory, lab_dir=cfg.state_dir)
-            if recap.failed:
+            if recap.failed or recap.unreachable or recap.rc:
                 sys.exit(2)
-    except LabError as exc:
+    except (LabError, CoopError) as exc:
         _fail(exc)
 
 
@@ -211,7 +213,7 @@ def deploy(
         )
     except (LabError, CoopError) as exc:
         _fail(exc)
-    if recap.failed or recap.unreachable:
+    if recap.failed or recap.unreachable or recap.rc:
         sys.exit(2)
 
 
