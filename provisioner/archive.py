@@ -29,11 +29,8 @@ class ArchiveError(CoopError):
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def staging_dir(archive_dir: Path, uid: str) -> Path:
@@ -100,10 +97,8 @@ def verify(path: Path) -> dict[str, Any]:
                                    f"({sorted(names ^ listed)[:3]})")
             for f in manifest["files"]:
                 handle = tar.extractfile(f["path"])
-                digest = hashlib.sha256()
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                    digest.update(block)
-                if digest.hexdigest() != f["sha256"]:
+                if handle is None or hashlib.file_digest(handle, "sha256").hexdigest() != \
+                        f["sha256"]:
                     raise ArchiveError(f"{path}: {f['path']} does not match its checksum")
     except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
         raise ArchiveError(f"cannot read the archive {path}: {exc}") from None
