@@ -156,6 +156,11 @@ def plan_import(directory: Directory, data: bytes, source: str) -> ImportResult:
             seen[key] = line or 0
 
     for spec in specs:
+        if not spec.uid and not spec.member_number:
+            # Without either, the next import of the same row could not find this member
+            # again and would add them a second time (karel.noid, then karel.noid2).
+            errors.append(f"line {spec.line}: neither uid nor member_number: the next import "
+                          "could not recognise this member")
         if spec.uid:
             once(f"uid {spec.uid}", spec.line)
         if spec.member_number:
@@ -180,6 +185,11 @@ def plan_import(directory: Directory, data: bytes, source: str) -> ImportResult:
         if old and spec.member_number and old.member_number not in (None, spec.member_number):
             errors.append(f"line {spec.line}: uid {old.uid} has member number "
                           f"{old.member_number}, not {spec.member_number}")
+            continue
+        holder = by_number.get(spec.member_number or "")
+        if old is None and holder is not None:
+            errors.append(f"line {spec.line}: member number {spec.member_number} belongs to "
+                          f"{holder.uid}; a member number is never given twice")
             continue
         if old is None:
             uid = spec.uid or first_free_uid(

@@ -141,3 +141,31 @@ def test_initial_passwords_file(with_plans: Coopctl, tmp_path: Path) -> None:
 
     uid, password = rows[0].split(",")
     assert member_bind(with_plans, uid, password)
+
+
+def test_each_row_needs_a_uid_or_a_member_number(with_plans: Coopctl, tmp_path: Path) -> None:
+    text = "uid,member_number,given_name,family_name,plan\n,,Karel,Noid,small\n"
+    out = with_plans("member", "import", write(tmp_path, text), ok=False)
+    assert out.exit_code != 0 and "line 2: neither uid nor member_number" in out.output
+    assert members(with_plans) == []
+
+
+def test_a_member_number_is_never_given_twice(with_plans: Coopctl, tmp_path: Path) -> None:
+    c = with_plans
+    c("member", "import", write(tmp_path, GOOD))
+    text = "uid,member_number,given_name,family_name,plan\nnew.person,M-2,New,Person,small\n"
+    out = c("member", "import", write(tmp_path, text, "dup.csv"), ok=False)
+    assert out.exit_code != 0
+    assert "line 2: member number M-2 belongs to jan.vanderberg" in out.output
+    assert "new.person" not in {m["uid"] for m in members(c)}
+
+
+def test_export_file_is_readable_by_its_owner_only(with_plans: Coopctl, tmp_path: Path) -> None:
+    c = with_plans
+    c("member", "import", write(tmp_path, GOOD))
+    target = tmp_path / "members-export.csv"
+    target.write_text("old")
+    target.chmod(0o644)
+    c("member", "export", "--output", str(target))
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert "jan.vanderberg" in target.read_text()

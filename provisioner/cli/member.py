@@ -365,6 +365,10 @@ def member_export(state: State, output: Path | None, status: str | None) -> None
 
     text = export_rows(state.directory.members(status=status))
     if output:
-        output.write_text(text, encoding="utf-8")
+        # Names, addresses and member numbers: readable by the sysadmin only (mode 0600).
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
     else:
         sys.stdout.write(text)
