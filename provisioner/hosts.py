@@ -48,11 +48,6 @@ class InventoryHosts:
         manager = InventoryManager(loader=loader, sources=[str(self.inventory)])
         return manager, VariableManager(loader=loader, inventory=manager)
 
-    def hosts_of(self, group: str) -> list[str]:
-        with self._lock:
-            manager, _ = self._inventory
-        return [h.name for h in manager.get_hosts(pattern=group)]
-
     def _ssh_argv(self, group: str) -> list[str]:
         with self._lock:  # services read their hosts from several threads
             return self._ssh_argv_locked(group)

@@ -13,6 +13,7 @@ successful run saw (the sync's guard against a directory that suddenly looks emp
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -60,7 +61,6 @@ CREATE TABLE IF NOT EXISTS marks (
     at TEXT NOT NULL,
     PRIMARY KEY (service, kind, uid)
 );
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 GENESIS = "0" * 64
 FIELDS = ("at", "run", "actor", "service", "uid", "action", "detail", "result", "error")
@@ -209,7 +209,7 @@ class Journal:
             prev = row[11]
         return None
 
-    # -- state store (marks, key/values) -----------------------------------------------
+    # -- state store (marks) ------------------------------------------------------------
     def marks(self, service: str, kind: str) -> set[str]:
         return {r[0] for r in self.db.execute(
             "SELECT uid FROM marks WHERE service = ? AND kind = ?", (service, kind))}
@@ -222,25 +222,14 @@ class Journal:
         self.db.execute("DELETE FROM marks WHERE service = ? AND kind = ? AND uid = ?",
                         (service, kind, uid))
 
-    def get(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def put(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
-
-    def _transaction(self) -> Any:
-        db = self.db
-
-        class _Tx:
-            def __enter__(self) -> None:
-                db.lock.acquire()
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type: Any, *_: Any) -> None:
-                try:
-                    db.execute("ROLLBACK" if exc_type else "COMMIT")
-                finally:
-                    db.lock.release()
-
-        return _Tx()
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), holding the connection's lock."""
+        with self.db.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioner import archive
 from provisioner.config import Config, SyncSettings, read_secret_file
@@ -43,6 +43,9 @@ from provisioner.services.base import (
     ServiceChange,
     ServiceUnavailable,
 )
+
+if TYPE_CHECKING:  # the hosts (and Ansible's inventory code) load only when a run needs them
+    from provisioner.hosts import InventoryHosts
 
 # Registry: a new service is one line here, one module in provisioner/services, one role.
 CONNECTORS = {
@@ -175,7 +178,11 @@ class Sync:
         self.settings: SyncSettings = config.sync  # type: ignore[assignment]
         self.journal = journal or Journal(self.settings.journal)
         self.echo = echo
-        self._connectors = dict(connectors) if connectors is not None else None
+        # Connectors given by the caller are used as they are; otherwise each configured
+        # service's connector is built on first use and kept for the run.
+        self._injected = connectors is not None
+        self._connectors: dict[str, Connector] = dict(connectors or {})
+        self._hosts: InventoryHosts | None = None
 
     # -- connectors --------------------------------------------------------------------
     def connectors(self, only: Iterable[str] = ()) -> dict[str, Connector]:
@@ -185,32 +192,32 @@ class Sync:
         if unknown:
             raise CoopError(f"unknown service {', '.join(sorted(unknown))}",
                             f"services are: {', '.join(CONNECTORS)}")
-        if self._connectors is None:
-            self._connectors = {}
-            self._built_all = False
-        if not getattr(self, "_built_all", True):
-            from provisioner.hosts import InventoryHosts
-
-            hosts = InventoryHosts(self.config.inventory or Path("/nonexistent"),
-                                   self.settings.state_dir, echo=None)
+        if not self._injected:
             for name in ORDER:
-                settings = self.config.services.get(name)
-                if settings is None or name in self._connectors or (wanted and name not in wanted):
-                    continue
-                module, cls = CONNECTORS[name].split(":")
-                connector_cls = getattr(importlib.import_module(module), cls)
-                runtime = Runtime(
-                    settings=settings, hosts=hosts, state=self.journal,
-                    mail_domain=self.config.mail_domain, coop=self.config.coop,
-                    ca_file=self.settings.ca_file,
-                    secret=_secret_reader(name, settings, self.config.source))
-                self._connectors[name] = connector_cls(runtime)
+                if name in self.config.services and name not in self._connectors and (
+                        not wanted or name in wanted):
+                    self._connectors[name] = self._build(name)
         missing = wanted - set(self._connectors)
         if missing:
             raise CoopError(f"service {', '.join(sorted(missing))} is not configured",
                             "add it under `services:` in the configuration")
         return {n: self._connectors[n] for n in ORDER
                 if n in self._connectors and (not wanted or n in wanted)}
+
+    def _build(self, name: str) -> Connector:
+        if self._hosts is None:
+            from provisioner.hosts import InventoryHosts
+
+            self._hosts = InventoryHosts(self.config.inventory or Path("/nonexistent"),
+                                         self.settings.state_dir)
+        settings = self.config.services[name]
+        module, cls = CONNECTORS[name].split(":")
+        connector_cls = getattr(importlib.import_module(module), cls)
+        return connector_cls(Runtime(
+            settings=settings, hosts=self._hosts, state=self.journal,
+            mail_domain=self.config.mail_domain, coop=self.config.coop,
+            ca_file=self.settings.ca_file,
+            secret=_secret_reader(name, settings, self.config.source)))
 
     # -- read --------------------------------------------------------------------------
     def read(self, uids: Iterable[str] = ()) -> tuple[list[Member], dict[str, Plan], int]:
@@ -270,7 +277,9 @@ class Sync:
                 result.services[name] = future.result()
         # An archive holds every service's data: a run narrowed to some services neither
         # archives nor marks anyone purged (it may purge with an earlier verified archive).
-        result.every_service = set(connectors) == set(self.connectors())
+        configured = (set(self._connectors) if self._injected
+                      else set(self.config.services) & set(CONNECTORS))
+        result.every_service = set(connectors) == configured
         result.archives = sorted(
             uid for uid in due if result.every_service
             and archive.find_verified(self.settings.archive_dir, uid) is None)
@@ -340,13 +349,12 @@ class Sync:
             self._in_parallel(connectors, {
                 name: [c for c in sp.changes if c.action != Action.PURGE]
                 for name, sp in plan.services.items()}, report)
-            archived = self._archive(plan, connectors, report)
-            summary.archives = archived
+            summary.archives = self._archive(plan, connectors, report)
+            purgeable = self._purgeable(plan)
             self._in_parallel(connectors, {
-                name: [c for c in sp.changes
-                       if c.action == Action.PURGE and self._may_purge(plan, c.uid)]
+                name: [c for c in sp.changes if c.action == Action.PURGE and c.uid in purgeable]
                 for name, sp in plan.services.items()}, report)
-            summary.purged = self._mark_purged(plan, summary, run, report)
+            summary.purged = self._mark_purged(plan, summary, purgeable, report)
             outcome = "ok" if not summary.failed and not any(
                 p.error for p in plan.services.values()) else "partial"
         finally:
@@ -434,14 +442,16 @@ class Sync:
             done.append(str(path))
         return done
 
-    def _may_purge(self, plan: SyncPlan, uid: str) -> bool:
-        """Purge only with a verified archive (made now or by an earlier run)."""
-        member = plan.desired.get(uid)
-        if member is not None and member.status == "purged":
-            return True  # a remnant of a member purged earlier: their archive exists
-        return archive.find_verified(self.settings.archive_dir, uid) is not None
+    def _purgeable(self, plan: SyncPlan) -> set[str]:
+        """Members who may be purged: a verified archive exists (made now or by an earlier
+        run), or they were purged already (a remnant). Each archive is re-read once."""
+        candidates = {c.uid for p in plan.services.values() for c in p.changes
+                      if c.action == Action.PURGE} | plan.due
+        return {uid for uid in candidates
+                if (uid in plan.desired and plan.desired[uid].status == "purged")
+                or archive.find_verified(self.settings.archive_dir, uid) is not None}
 
-    def _mark_purged(self, plan: SyncPlan, summary: SyncSummary, run: str,
+    def _mark_purged(self, plan: SyncPlan, summary: SyncSummary, purgeable: set[str],
                      report: Callable[[ChangeResult], None]) -> list[str]:
         """Record `purged` in the directory for members now gone from every service."""
         if not plan.every_service or any(p.error for p in plan.services.values()):
@@ -449,7 +459,7 @@ class Sync:
         failed = {r.change.uid for r in summary.failed}
         ready = [uid for uid, m in plan.desired.items()
                  if m.status == "departed" and uid not in failed
-                 and uid in plan.due and self._may_purge(plan, uid)]
+                 and uid in plan.due and uid in purgeable]
         if not ready:
             return []
         from ldap3 import MODIFY_REPLACE

@@ -105,6 +105,15 @@ def add(coopctl, *uids: str) -> None:
                 "--generate-password")
 
 
+def synced(coopctl, cfg, *uids: str, **settings) -> tuple[LedgerService, Sync]:
+    """Members added and synced into a fresh LedgerService: (service, sync engine)."""
+    add(coopctl, *uids)
+    service = LedgerService()
+    sync = engine(cfg, service, **settings)
+    sync.apply(sync.plan())
+    return service, sync
+
+
 def engine(cfg, service: LedgerService, **settings) -> Sync:
     if settings:
         cfg = dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, **settings))
@@ -128,10 +137,7 @@ def test_new_members_are_created_once_and_journalled(with_plans, sync_config) ->
 
 
 def test_suspend_then_restore(with_plans, sync_config) -> None:
-    add(with_plans, "ana.lima")
-    service = LedgerService()
-    sync = engine(sync_config, service)
-    sync.apply(sync.plan())
+    service, sync = synced(with_plans, sync_config, "ana.lima")
     with_plans("member", "suspend", "ana.lima")
     plan = sync.plan()
     assert [(c.action, c.uid) for c in plan.changes()] == [(Action.SUSPEND, "ana.lima")]
@@ -145,10 +151,7 @@ def test_suspend_then_restore(with_plans, sync_config) -> None:
 
 def test_departure_archives_before_purging_and_marks_the_directory(with_plans, sync_config,
                                                                    admin) -> None:
-    add(with_plans, "ana.lima", "bob.dupont")
-    service = LedgerService()
-    sync = engine(sync_config, service)
-    sync.apply(sync.plan())
+    service, sync = synced(with_plans, sync_config, "ana.lima", "bob.dupont")
     with_plans("member", "depart", "ana.lima")
     plan = sync.plan()
     assert plan.archives == ["ana.lima"]
@@ -171,10 +174,7 @@ def test_departure_archives_before_purging_and_marks_the_directory(with_plans, s
 
 
 def test_failed_export_removes_nothing(with_plans, sync_config, admin) -> None:
-    add(with_plans, "ana.lima")
-    service = LedgerService()
-    sync = engine(sync_config, service)
-    sync.apply(sync.plan())
+    service, sync = synced(with_plans, sync_config, "ana.lima")
     with_plans("member", "depart", "ana.lima")
     service.export_fails = True
     summary = sync.apply(sync.plan())
@@ -191,10 +191,7 @@ def test_failed_export_removes_nothing(with_plans, sync_config, admin) -> None:
 
 def test_a_verified_archive_is_never_replaced(with_plans, sync_config) -> None:
     """Killed after the archive and before the purge: the next run purges, keeps the archive."""
-    add(with_plans, "ana.lima")
-    service = LedgerService()
-    sync = engine(sync_config, service)
-    sync.apply(sync.plan())
+    service, sync = synced(with_plans, sync_config, "ana.lima")
     with_plans("member", "depart", "ana.lima")
     plan = sync.plan()
     sync._archive(plan, {"cloud": service}, lambda r: None)  # the run dies right after
@@ -219,10 +216,8 @@ def test_guard_fewer_members_than_last_run(with_plans, sync_config) -> None:
 
 def test_guard_mass_suspension(with_plans, sync_config) -> None:
     uids = [f"m{i}.member" for i in range(8)]
-    add(with_plans, *uids)
-    service = LedgerService()
-    sync = engine(sync_config, service, min_destructive_count=2, max_destructive_share=0.1)
-    sync.apply(sync.plan())
+    service, sync = synced(with_plans, sync_config, *uids, min_destructive_count=2,
+                           max_destructive_share=0.1)
     for uid in uids[:4]:
         with_plans("member", "suspend", uid)
     with pytest.raises(GuardStop, match="would suspend, archive or purge 4 of 8"):
@@ -253,10 +248,7 @@ def test_bad_data_is_reported_per_member(with_plans, sync_config, admin) -> None
 
 
 def test_grace_period_counts_from_the_departure_day(with_plans, sync_config) -> None:
-    add(with_plans, "ana.lima", "bob.dupont")
-    service = LedgerService()
-    sync = engine(sync_config, service, grace_days=30)
-    sync.apply(sync.plan())
+    _service, sync = synced(with_plans, sync_config, "ana.lima", "bob.dupont", grace_days=30)
     with_plans("member", "depart", "ana.lima")
     long_ago = (datetime.now(UTC) - timedelta(days=31)).strftime("%Y-%m-%d")
     with_plans("member", "depart", "bob.dupont", "--on", long_ago)
@@ -301,10 +293,7 @@ def test_directory_gone_mid_way_then_the_next_run_finishes(with_plans, sync_conf
     from provisioner.errors import DirectoryUnavailable
     from tests.sync_helpers import free_port
 
-    add(with_plans, "ana.lima")
-    service = LedgerService()
-    sync = engine(sync_config, service)
-    sync.apply(sync.plan())
+    service, sync = synced(with_plans, sync_config, "ana.lima")
     with_plans("member", "depart", "ana.lima")
     plan = sync.plan()
     reachable = sync.config

@@ -207,8 +207,6 @@ class Connector(ABC):
     """One service. Subclasses set `name` and implement the four methods."""
 
     name: ClassVar[str]
-    #: True when apply() may run for several services at the same time as others.
-    network_api: ClassVar[bool] = True
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -270,6 +268,10 @@ class PlaybookExport:
     def export_item(self, member: MemberState, dest: Path) -> dict[str, Any]:
         return {"uid": member.uid, "action": "export", "dest": str(dest.resolve())}
 
+    def export_vars(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The extra vars of the one run; a role whose batch has another shape overrides it."""
+        return {self.export_var: items}
+
     def export_many(self, items: Sequence[tuple[MemberState, Path]]
                     ) -> dict[str, list[Path] | Exception]:
         for _member, dest in items:
@@ -277,7 +279,7 @@ class PlaybookExport:
             (dest / self.export_file).unlink(missing_ok=True)  # never an older file
         try:
             result = self.runtime.hosts.playbook(
-                "sync.yml", {self.export_var: [self.export_item(m, d) for m, d in items]})
+                "sync.yml", self.export_vars([self.export_item(m, d) for m, d in items]))
         except Exception as exc:  # the run could not start: every export failed
             reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             return {m.uid: ServiceUnavailable(f"{self.name} export: {reason}") for m, _ in items}

@@ -150,7 +150,6 @@ class MailConnector(PlaybookExport, Connector):
     export_file = "mailbox.tar"
 
     name = SERVICE
-    network_api = False
 
     # -- settings ---------------------------------------------------------------------------
     @property

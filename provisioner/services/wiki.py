@@ -38,6 +38,7 @@ from provisioner.services.base import (
     Finding,
     MemberState,
     Phase,
+    PlaybookExport,
     Report,
     ServiceChange,
     ServiceUnavailable,
@@ -222,11 +223,12 @@ def parse_observation(text: str) -> tuple[str, set[str]]:
     return acl, namespaces
 
 
-class WikiConnector(Connector):
+class WikiConnector(PlaybookExport, Connector):
     """DokuWiki on the host of ``host_group``, changed through playbooks/sync.yml."""
 
+    export_var = "coop_sync_wiki"
+    export_file = "wiki.tar"
     name = "wiki"
-    network_api = False
 
     @property
     def host_group(self) -> str:
@@ -401,42 +403,15 @@ class WikiConnector(Connector):
 
     # -- export --------------------------------------------------------------------------------
 
-    def export(self, member: MemberState, dest: Path) -> list[Path]:
-        """``dest/wiki.tar``: the member's namespace (pages, media, old revisions, metadata).
+    def export_item(self, member: MemberState, dest: Path) -> dict[str, Any]:
+        """``dest/wiki.tar``: the member's namespace (pages, media, old revisions, metadata)."""
+        return {"uid": member.uid, "action": "export", "ns": page_name(member.uid),
+                "dest": str(dest.resolve())}
 
-        Raises ServiceUnavailable when the archive could not be made: a purge must never follow
-        a missing export.
-        """
-        result = self.export_many([(member, dest)])[member.uid]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def export_many(self, items: Sequence[tuple[MemberState, Path]]
-                    ) -> dict[str, list[Path] | Exception]:
-        """Every member's namespace in one playbook run (`dest/wiki.tar` each)."""
-        changes = []
-        for member, dest in items:
-            dest.mkdir(parents=True, exist_ok=True)
-            (dest / "wiki.tar").unlink(missing_ok=True)
-            changes.append({"uid": member.uid, "action": "export",
-                            "ns": page_name(member.uid), "dest": str(dest.resolve())})
-        outcome = self._run({"acl_file": self.acl_file, "data_dir": self.data_dir,
-                             "changes": changes})
-        failed = outcome.get("failed_items") or {}
-        out: dict[str, list[Path] | Exception] = {}
-        for member, dest in items:
-            target = dest.resolve() / "wiki.tar"
-            if not outcome["ok"] or member.uid in failed:
-                out[member.uid] = ServiceUnavailable(
-                    f"wiki export of {member.uid} failed: "
-                    f"{failed.get(member.uid) or outcome['error']}")
-            elif not target.is_file():
-                out[member.uid] = ServiceUnavailable(
-                    f"wiki export of {member.uid} wrote no {target}")
-            else:
-                out[member.uid] = [target]
-        return out
+    def export_vars(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The wiki's batch is one dict (paths and changes), not a list of items."""
+        return {self.export_var: {"acl_file": self.acl_file, "data_dir": self.data_dir,
+                                  "changes": items}}
 
 
 def _names(line: str, uid: str) -> bool:
