@@ -223,9 +223,12 @@ def load(path: Path | None = None) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read the configuration {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read the configuration {path}: {exc.strerror}",
+                          "pass --config FILE or set $COOPCTL_CONFIG to a readable file; "
+                          "`coopctl demo` writes an example") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"the configuration {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"the configuration {path} is not valid YAML: {exc}",
+                          "fix the line shown (indentation, a missing colon or quote)") from None
     return parse(data, path)
