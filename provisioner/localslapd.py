@@ -18,7 +18,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+from provisioner.resources import schemas_dir
+
+SCHEMA_DIR = schemas_dir()
 SYSTEM_SCHEMAS = ("core", "cosine", "inetorgperson", "nis", "dyngroup")
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"

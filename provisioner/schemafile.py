@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
-LDIF = Path(__file__).resolve().parent.parent / "schemas" / "coop.ldif"
+from provisioner.resources import schemas_dir
+
+LDIF = schemas_dir() / "coop.ldif"
 KEYWORDS = {
     "olcObjectIdentifier": "objectidentifier",
     "olcAttributeTypes": "attributetype",

@@ -122,7 +122,7 @@ def test_an_inventory_that_does_not_parse_is_an_error_not_a_success(
     """ansible-playbook exits 0 with no host when the inventory does not parse."""
     from click.testing import CliRunner
 
-    from provisioner.lab.cli import deploy
+    from provisioner.cli.deploy import deploy
 
     monkeypatch.setattr(runner, "prepare_artifacts", lambda echo: None)
     broken = tmp_path / "broken.yml"

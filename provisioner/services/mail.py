@@ -39,6 +39,7 @@ from typing import Any
 
 import jinja2
 
+from provisioner.resources import welcome_templates_dir
 from provisioner.services.base import (
     Action,
     ChangeResult,
@@ -59,7 +60,7 @@ WELCOME = "welcome"   # state mark: the welcome mail was accepted by the SMTP se
 KICKED = "kicked"     # state mark: live sessions ended for the current suspension
 LANGUAGES = ("fr", "nl", "en")
 DEFAULT_LANGUAGE = "en"
-BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "welcome"
+BUILTIN_TEMPLATES = welcome_templates_dir()
 # Where the role keeps one home per uid (mail_vmail_dir); the sync lists it to find leftovers
 # of purged members, whom Dovecot no longer knows.
 VMAIL_DIR = "/var/vmail"
