@@ -201,7 +201,7 @@ def etherpad_tree(request: pytest.FixtureRequest) -> Path:
     assert (tree / "src" / "node" / "server.js").is_file(), "unexpected artifact layout"
     module = jinja2.Template(NO_UPDATE_CHECK.read_text()).render(
         ansible_managed="rendered by tests/test_pads_connector.py",
-        pads_install_root=str(base), pads_version=ETHERPAD_VERSION)
+        pads_install_root=str(base), pads_version=ETHERPAD_VERSION, pads_release_dir=str(tree))
     (base / "no-update-check.js").write_text(module)
     return tree
 
