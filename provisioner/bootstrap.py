@@ -5,6 +5,11 @@ attributes indexed, the access rules of `schemas/acl.j2` in force, the base
 tree present and the coopctl service account able to bind with its secret.
 Each step reads first and writes only what differs, so a second run reports
 nothing to do. It works through ldapi + SASL EXTERNAL: no admin password.
+
+The openldap Ansible role writes the same settings on the servers it deploys,
+from the same files (`schemas/coop.ldif`, `schemas/acl.j2`,
+`schemas/indexes.yml`): neither may carry a list of its own, or each run of one
+would undo the other.
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ldap3
+import yaml
 
 from provisioner.config import Config
-from provisioner.errors import CoopError
+from provisioner.errors import ConfigError, CoopError
 from provisioner.ldapconn import connect, connect_admin, result_error, set_password
+from provisioner.resources import schemas_dir
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-INDEXES = [
-    "objectClass eq", "uid eq,sub", "mail eq,sub", "cn eq,sub", "coopMemberStatus eq",
-    "coopPlan eq", "coopService eq", "coopMailAlias eq", "employeeNumber eq", "member eq",
-    "entryCSN eq", "entryUUID eq",
-]  # fmt: skip
+SCHEMAS = schemas_dir()
+# The coop's olcDbIndex values, shared with the openldap role (tasks/config.yml reads it too).
+INDEXES_FILE = "indexes.yml"
+# One olcDbIndex value: attributes separated by commas, then optionally the index types.
+INDEX_VALUE = re.compile(r"^[A-Za-z][\w;-]*(,[A-Za-z][\w;-]*)*( [a-z]+(,[a-z]+)*)?$")
 
 
 @dataclass
@@ -103,14 +109,70 @@ def _database(admin: ldap3.Connection, base_dn: str) -> tuple[str, dict]:
     return found[0]["dn"], found[0]["attributes"]
 
 
-def _ensure_indexes(admin: ldap3.Connection, db_dn: str, entry: dict,
+def load_indexes(path: Path | None = None) -> list[str]:
+    """The coop's index definitions (olcDbIndex values) from `schemas/indexes.yml`.
+
+    Read and checked before anything is written: a broken file must stop `init` at once,
+    not half-way.
+    """
+    path = path or SCHEMAS / INDEXES_FILE
+    hint = (f"restore {path} from coopctl's release: it lists the coop's indexes "
+            "(`indexes:` then one `- ATTR[,ATTR...] TYPE[,TYPE...]` per line)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the index list {path}: {exc.strerror}", hint) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the index list {path} is not valid YAML: {exc}", hint) from None
+    values = data.get("indexes") if isinstance(data, dict) else None
+    if (not isinstance(values, list) or not values
+            or not all(isinstance(v, str) and INDEX_VALUE.match(v) for v in values)):
+        raise ConfigError(f"the index list {path} has no valid `indexes:` list", hint)
+    return values
+
+
+def _split_index(value: str) -> tuple[list[str], set[str]]:
+    """`uid,mail eq,sub` -> (["uid", "mail"], {"eq", "sub"})."""
+    attrs, _, types = value.strip().partition(" ")
+    return attrs.split(","), {t.strip().lower() for t in types.split(",") if t.strip()}
+
+
+def _index_types(values: list[str]) -> dict[str, set[str]]:
+    """Which index types each attribute (lower-cased) has."""
+    found: dict[str, set[str]] = {}
+    for value in values:
+        attrs, types = _split_index(value)
+        for attr in attrs:
+            found.setdefault(attr.lower(), set()).update(types)
+    return found
+
+
+def _ensure_indexes(admin: ldap3.Connection, db_dn: str, entry: dict, wanted: list[str],
                     report: InitReport) -> None:
-    have = {name.lower() for v in entry.get("olcDbIndex", []) for name in v.split()[0].split(",")}
-    missing = [i for i in INDEXES if i.split()[0].lower() not in have]
-    if missing and not admin.modify(db_dn, {"olcDbIndex": [(ldap3.MODIFY_ADD, missing)]}):
-        raise result_error(admin, "adding indexes")
-    if missing:
-        report.note(f"indexed {', '.join(i.split()[0] for i in missing)}")
+    """Give every attribute of `wanted` its index types; keep the server's other indexes.
+
+    Nothing is written when each wanted (attribute, type) is there already, whatever the
+    grouping of the values: a server the openldap role deployed has exactly `wanted`, plus
+    `memberOf eq` when it runs the memberof overlay, and must be left alone. Otherwise the
+    values are replaced by `wanted` plus what the server had for other attributes (slapd
+    refuses a second value for an attribute that already has one, so adding is not enough).
+    """
+    current = [str(v) for v in entry.get("olcDbIndex", [])]
+    have, want = _index_types(current), _index_types(wanted)
+    lacking = [attr for attr, types in want.items() if not types <= have.get(attr, set())]
+    if not lacking:
+        return
+    kept = []
+    for value in current:
+        attrs, _types = _split_index(value)
+        others = [a for a in attrs if a.lower() not in want]
+        if others:
+            rest = value.strip().partition(" ")[2]
+            kept.append(",".join(others) + (f" {rest}" if rest else ""))
+    if not admin.modify(db_dn, {"olcDbIndex": [(ldap3.MODIFY_REPLACE, wanted + kept)]}):
+        raise result_error(admin, "setting the indexes")
+    names = {a.lower(): a for v in wanted for a in _split_index(v)[0]}
+    report.note(f"indexed {', '.join(names[a] for a in lacking)}")
 
 
 def _ensure_acl(admin: ldap3.Connection, db_dn: str, entry: dict, base_dn: str,
@@ -171,11 +233,12 @@ def initialise(config: Config) -> InitReport:
     """Converge the server on what coopctl needs; returns what was done."""
     report = InitReport()
     config.directory.bind_secret()  # fail before any write if the secret is missing
+    indexes = load_indexes()
     admin = connect_admin(config.directory)
     try:
         _ensure_schema(admin, report)
         db_dn, entry = _database(admin, config.directory.base_dn)
-        _ensure_indexes(admin, db_dn, entry, report)
+        _ensure_indexes(admin, db_dn, entry, indexes, report)
         _ensure_acl(admin, db_dn, entry, config.directory.base_dn, report)
         _ensure_tree(admin, config, report)
         _ensure_service_password(admin, config, report)

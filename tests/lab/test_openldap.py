@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import ssl
+import subprocess
+import time
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import ldap3
 import pytest
+import yaml
+from click.testing import CliRunner
 from ldap3.core.exceptions import LDAPSocketOpenError, LDAPStartTLSError
+
+from provisioner.cli import cli
+from provisioner.lab.inventory import write_coopctl_config
+from provisioner.resources import schemas_dir
 
 pytestmark = pytest.mark.lab
 
@@ -237,3 +248,70 @@ def test_password_policy_refuses_short_passwords(lab, member):
         user=dn, old_password=password, new_password="short"
     )
     conn.unbind()
+
+
+@pytest.fixture
+def init_config(lab, tmp_path) -> Iterator[Path]:
+    """A coopctl configuration whose admin_uri is `dir`'s ldapi socket, forwarded over SSH.
+
+    `coopctl init` administers slapd over ldapi with SASL EXTERNAL, on the directory host
+    itself. Here sshd (root) connects to the socket for us, so slapd maps the peer to root's
+    identity exactly as it would for `coopctl init` run on the host.
+    """
+    sock = tmp_path / "ldapi"
+    forward = subprocess.Popen(
+        ["ssh", "-F", str(lab.cfg.ssh_config), "-o", "ControlPath=none",
+         "-o", "ExitOnForwardFailure=yes", "-N", "-L", f"{sock}:/run/slapd/ldapi", "dir"],
+        stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.is_socket():
+            assert forward.poll() is None and time.monotonic() < deadline, "no SSH forward"
+            time.sleep(0.1)
+        path = write_coopctl_config(lab.cfg, tmp_path / "coopctl.yaml")
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config["directory"]["admin_uri"] = "ldapi://" + urllib.parse.quote(str(sock), safe="")
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        yield path
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+
+
+def run_init(config: Path) -> list[str]:
+    result = CliRunner().invoke(cli, ["--config", str(config), "init", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["done"]
+
+
+def db_indexes(lab) -> list[str]:
+    out = lab.host("dir").check_output(
+        "ldapsearch -Q -LLL -o ldif-wrap=no -Y EXTERNAL -H ldapi:/// "
+        "-b 'olcDatabase={1}mdb,cn=config' -s base olcDbIndex"
+    )
+    return [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("olcDbIndex:")]
+
+
+def test_init_and_the_role_agree(lab, init_config):
+    """schemas/indexes.yml is the one list: neither `coopctl init` nor the role undoes the other.
+
+    Before it, init added its own indexes (employeeNumber, ...) and every deploy removed them.
+    """
+    wanted = yaml.safe_load((schemas_dir() / "indexes.yml").read_text(encoding="utf-8"))
+    assert sorted(db_indexes(lab)) == sorted(wanted["indexes"])  # as the role left them
+    # On a server the role deployed, init finds nothing to do: not an index, not a rule.
+    assert run_init(init_config) == []
+    # A server that lacks one (say, set up before employeeNumber was indexed) gets it back
+    # from init, in the very form the role writes...
+    without = [v for v in wanted["indexes"] if not v.startswith("employeeNumber")]
+    values = "".join(f"olcDbIndex: {v}\n" for v in without)
+    lab.host("dir").check_output(
+        "printf 'dn: olcDatabase={1}mdb,cn=config\\nchangetype: modify\\nreplace: olcDbIndex\\n"
+        + values.replace("\n", "\\n")
+        + "' | ldapmodify -Q -Y EXTERNAL -H ldapi:///"
+    )
+    assert run_init(init_config) == ["indexed employeeNumber"]
+    assert sorted(db_indexes(lab)) == sorted(wanted["indexes"])
+    # ... so that the next deploy changes nothing.
+    recap = lab.deploy(tags="openldap", limit="dir")
+    assert (recap["changed"], recap["failed"], recap["rc"]) == (0, 0, 0), recap
