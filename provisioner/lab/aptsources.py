@@ -5,6 +5,10 @@ through only Debian's own hosts found there: third-party repositories configured
 machine (Google Cloud SDK, NodeSource, ...) are ignored on purpose so that lab hosts cannot reach
 them. Both one-line ``.list`` files and deb822 ``.sources`` files are read; files with other
 endings (``.disabled``, ``.save``) are skipped, as apt skips them.
+
+Only the mirror's URIs are taken from the controller, never its suites: a Debian 12 controller
+serves Debian 13 lab hosts from the same mirror (``host_sources`` names the hosts' own suite,
+its updates and its security suite), and the proxy allows the same host names for both.
 """
 
 from __future__ import annotations
@@ -91,3 +95,16 @@ def debian_sources(apt_dir: Path = APT_DIR) -> DebianSources:
         if host and host not in hosts:
             hosts.append(host)
     return DebianSources(mirror=mirror, security=security, allowed_hosts=tuple(hosts))
+
+
+def host_sources(src: DebianSources, suite: str) -> str:
+    """apt sources (deb822) of a lab host on ``suite``: the release and its updates from the
+    controller's mirror, ``SUITE-security`` from its security archive (all through the lab's
+    proxy, which each host's apt configuration names)."""
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    return (
+        f"Types: deb\nURIs: {src.mirror}\nSuites: {suite} {suite}-updates\nComponents: main\n"
+        f"Signed-By: {keyring}\n\n"
+        f"Types: deb\nURIs: {src.security}\nSuites: {suite}-security\nComponents: main\n"
+        f"Signed-By: {keyring}\n"
+    )

@@ -1,14 +1,15 @@
-"""Command line of the lab: ``coopctl lab up|status|down`` and ``coopctl deploy``.
+"""Command line of the lab: ``coopctl lab up|status|down|deploy|pki``.
 
-``lab`` is a click group and ``deploy`` a click command; the main ``coopctl`` CLI registers both
-(``python -m provisioner.lab`` offers them too). Every failure the user can fix is reported as
-one line saying what to do, never as a traceback.
+``lab`` is a click group that the main ``coopctl`` CLI registers (``python -m provisioner.lab``
+offers it too). Deploying is production's job (``provisioner.cli.deploy``, ``coopctl deploy
+-i INVENTORY``); ``lab up`` and ``lab deploy`` only hand it the lab's inventory and the lab's
+directory as the place for Ansible's state. Every failure the user can fix is reported as an
+``Error:`` line and a ``Hint:`` line saying what to do, never as a traceback.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -17,9 +18,11 @@ from provisioner.errors import CoopError
 from provisioner.lab.config import (
     DEFAULT_HOSTS,
     DEFAULT_NAME,
+    SUITES,
     LabConfig,
     LabError,
     default_state_dir,
+    default_suite,
 )
 
 
@@ -30,7 +33,9 @@ def _state_dir(name: str, state_dir: Path | None) -> Path:
 def _fail(exc: Exception) -> None:
     """`Error: ...` (click prints that prefix), and the `Hint: ...` line of a CoopError."""
     hint = getattr(exc, "hint", None)
-    raise click.ClickException(str(exc) + (f"\nHint: {hint}" if hint else "")) from exc
+    error = click.ClickException(str(exc) + (f"\nHint: {hint}" if hint else ""))
+    error.exit_code = getattr(exc, "exit_code", 1)  # a failed deploy exits 2, as it always did
+    raise error from exc
 
 
 STATE_DIR_OPTION = click.option(
@@ -71,26 +76,38 @@ def lab() -> None:
     help="Comma-separated host names.",
 )
 @STATE_DIR_OPTION
+@click.option(
+    "--suite",
+    type=click.Choice(sorted(SUITES)),
+    default=None,
+    help="Debian release of the hosts: bookworm (12) or trixie (13), one cached image each "
+    "[default: the lab's recorded release, else $COOPCTL_LAB_SUITE, else bookworm].",
+)
 @click.option("--no-deploy", is_flag=True, help="Only boot the hosts; do not run site.yml.")
-def up(name: str, index: int, hosts: str, state_dir: Path | None, no_deploy: bool) -> None:
+def up(
+    name: str, index: int, hosts: str, state_dir: Path | None, suite: str | None, no_deploy: bool
+) -> None:
     """Boot the lab (idempotent: running hosts are kept, a failed up resumes), then deploy."""
     from provisioner.lab.lab import Lab
 
     try:
+        lab_dir = _state_dir(name, state_dir)
+        if suite is None:  # resume the release the lab was made with
+            recorded = LabConfig.load(lab_dir)
+            suite = recorded.suite if recorded is not None else default_suite()
         cfg = LabConfig(
             name=name,
             index=index,
             hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()),
-            state_dir=_state_dir(name, state_dir),
+            state_dir=lab_dir,
+            suite=suite,
         )
         Lab(cfg).up(log=click.echo)
         click.echo(f"inventory: {cfg.inventory}")
         if not no_deploy:
-            from provisioner.ansible import deploy_playbook
+            from provisioner.cli.deploy import run_deploy
 
-            recap = deploy_playbook(cfg.inventory, lab_dir=cfg.state_dir)
-            if recap.failed or recap.unreachable or recap.rc:
-                sys.exit(2)
+            run_deploy(cfg.inventory, lab_dir=cfg.state_dir)
     except (LabError, CoopError) as exc:
         _fail(exc)
 
@@ -171,53 +188,36 @@ def pki(pki_dir: Path, hosts: tuple[str, ...], domain: str) -> None:
     click.echo(f"PKI in {pki_dir}: ca.crt and {', '.join(h.partition('=')[0] for h in hosts)}")
 
 
-@click.command()
+@lab.command("deploy")
 @click.option("--check", is_flag=True, help="Dry run (ansible --check --diff).")
 @click.option("--limit", "limit", default=None, metavar="HOST", help="Only these hosts/groups.")
 @click.option("--tags", default=None, help="Only tasks with these tags (comma-separated).")
-@click.option(
-    "--inventory",
-    "inventory_path",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=None,
-    help="Inventory to deploy [default: the lab's STATE/hosts.yml].",
-)
 @click.option("--playbook", default="site.yml", show_default=True, help="Playbook in playbooks/.")
 @NAME_OPTION
 @STATE_DIR_OPTION
-def deploy(
+def lab_deploy(
     check: bool,
     limit: str | None,
     tags: str | None,
-    inventory_path: Path | None,
     playbook: str,
     name: str,
     state_dir: Path | None,
 ) -> None:
-    """Run playbooks/site.yml with ansible-runner, one line per task result and a recap."""
-    from provisioner.ansible import deploy_playbook
+    """Deploy the lab: `coopctl deploy -i STATE/hosts.yml`, Ansible's state kept in STATE."""
+    from provisioner.cli.deploy import run_deploy
 
     lab_dir = _state_dir(name, state_dir)
-    if inventory_path is None:
-        inventory_path = lab_dir / "hosts.yml"
-        if not inventory_path.exists():
-            _fail(
-                LabError(
-                    f"no inventory at {inventory_path}: run `coopctl lab up` first or "
-                    "pass --inventory"
-                )
-            )
+    inventory = lab_dir / "hosts.yml"
     try:
-        recap = deploy_playbook(
-            inventory_path, lab_dir=lab_dir, check=check, limit=limit, tags=tags, playbook=playbook
-        )
+        if not inventory.exists():
+            raise CoopError(f"lab {name!r} has no inventory at {inventory}",
+                            f"run `coopctl lab up --name {name}` first (it deploys, too)")
+        run_deploy(inventory, lab_dir=lab_dir, check=check, limit=limit, tags=tags,
+                   playbook=playbook)
     except (LabError, CoopError) as exc:
         _fail(exc)
-    if recap.failed or recap.unreachable or recap.rc:
-        sys.exit(2)
 
 
 def main() -> None:
-    """``python -m provisioner.lab``: the lab group with ``deploy`` added."""
-    lab.add_command(deploy)
+    """``python -m provisioner.lab``: the lab group (``deploy`` included)."""
     lab(prog_name="python -m provisioner.lab")

@@ -4,6 +4,9 @@ Several labs can run at once (one per developer task) as long as their indexes d
 ``k`` owns the bridge ``coopbr<k>``, the subnet ``10.77.<k>.0/24`` and the namespaces
 ``coop<k>-NAME`` (``coop-NAME`` for index 0, as the contract fixes). Everything is computed
 here so that ``up``, ``status`` and ``down`` agree without asking the kernel.
+
+A lab's hosts run one Debian release (``suite``: bookworm = Debian 12, trixie = Debian 13),
+recorded in ``lab.json`` with the rest, so a later ``up`` resumes the same release.
 """
 
 from __future__ import annotations
@@ -13,12 +16,18 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO_DIR = Path(__file__).resolve().parents[2]
+from provisioner import resources
+
+# The repository layout (playbooks/, inventories/...): the checkout, or the installed wheel's copy.
+REPO_DIR = resources.root()
 DEFAULT_NAME = "lab"
 DEFAULT_HOSTS = ("dir", "mail", "apps")
 DEFAULT_STATE_ROOT = Path("/var/lib/coopctl")
 IMAGE_CACHE_DIR = Path(os.environ.get("COOPCTL_IMAGE_DIR", "/var/cache/coopctl/images"))
 DOMAIN = "demo.coop"
+# Debian releases a lab can boot: suite -> major version (what Ansible's facts report).
+SUITES = {"bookworm": "12", "trixie": "13"}
+DEFAULT_SUITE = "bookworm"
 PROXY_PORT = 3128
 # Fixed last octets from the contract; other host names get the next free ones.
 KNOWN_OCTETS = {"dir": 10, "mail": 11, "apps": 12}
@@ -45,16 +54,28 @@ def default_state_dir(name: str) -> Path:
     return DEFAULT_STATE_ROOT / name
 
 
+def default_suite() -> str:
+    """``$COOPCTL_LAB_SUITE`` if set (so CI can run the lab tests on another release), else
+    bookworm. Checked by :class:`LabConfig` like any other value."""
+    return os.environ.get("COOPCTL_LAB_SUITE", "").strip() or DEFAULT_SUITE
+
+
 @dataclass(frozen=True)
 class LabConfig:
-    """One lab: its name, subnet index, hosts and controller-side state directory."""
+    """One lab: its name, subnet index, hosts, Debian release and controller-side state dir."""
 
     name: str = DEFAULT_NAME
     index: int = 0
     hosts: tuple[str, ...] = DEFAULT_HOSTS
     state_dir: Path = field(default_factory=lambda: default_state_dir(DEFAULT_NAME))
+    suite: str = field(default_factory=default_suite)
 
     def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise LabError(
+                f"unknown Debian suite {self.suite!r}: use "
+                + " or ".join(f"{s} (Debian {v})" for s, v in SUITES.items())
+            )
         if not 0 <= self.index <= 255:
             raise LabError(f"lab index must be 0..255, not {self.index}")
         if not self.hosts:
@@ -67,6 +88,11 @@ class LabConfig:
                 )
         if len(set(self.hosts)) != len(self.hosts):
             raise LabError("host names must be unique")
+
+    @property
+    def debian_version(self) -> str:
+        """Major version of the hosts' Debian release ("12", "13")."""
+        return SUITES[self.suite]
 
     # -- network names -------------------------------------------------------------------
     @property
@@ -193,4 +219,6 @@ class LabConfig:
             index=int(data["index"]),
             hosts=tuple(data["hosts"]),
             state_dir=state_dir,
+            # Records written before labs had a release were all Debian 12.
+            suite=data.get("suite", "bookworm"),
         )

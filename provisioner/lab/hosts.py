@@ -11,6 +11,10 @@ non-obvious parts are:
   gives ``status`` the host's memory use. Those directories are removed at teardown.
 * nspawn is never wrapped in ``timeout`` and is only ever signalled by its own PID: one SIGTERM
   is an orderly halt of the guest.
+* With ``--network-namespace-path`` nspawn drops CAP_NET_ADMIN from the guest, so nftables
+  (``flush ruleset: Operation not permitted``) and anything else that configures the network
+  fails; ``--capability=CAP_NET_ADMIN`` gives it back. It acts on the host's own namespace
+  only (the guest cannot leave it: that would need CAP_SYS_ADMIN).
 """
 
 from __future__ import annotations
@@ -233,6 +237,7 @@ class Host:
             "--register=no",
             "--keep-unit",
             f"--network-namespace-path={NETNS_DIR / self.netns}",
+            "--capability=CAP_NET_ADMIN",
             "--console=pipe",
             "--resolv-conf=off",
             "--link-journal=no",

@@ -5,6 +5,9 @@ nspawn died is cleaned up and booted again on its kept overlay, so re-running ``
 failure resumes. ``down`` closes SSH masters, halts every host by its own nspawn PID, unmounts,
 deletes namespaces, cgroup directories, the proxy and the bridge, and the hosts' overlay dirs;
 the lab key, PKI and secrets stay (``purge`` removes the whole state directory).
+
+``up`` also raises the controller's ``fs.inotify.max_user_instances`` to 1024 when it is lower:
+the guests' systemd instances share root's limit, and Debian's 128 runs out at about eight labs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from provisioner.lab.config import LabConfig, LabError
 from provisioner.lab.hosts import Host, HostStatus
 
 INDEX_DIR = Path("/run/coopctl-lab")  # index -> state dir of the lab using it (tmpfs)
+# Every guest's systemd holds a few inotify instances, counted against root's limit on the
+# controller (no user namespaces): Debian's default of 128 is spent by about eight labs, and
+# a host booted after that hangs ("Failed to create inotify object: Too many open files").
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+MIN_INOTIFY_INSTANCES = 1024
 SSH_WAIT = 90.0
 HALT_TIMEOUT = 30.0  # orderly halt of all hosts; then nspawn is told to kill
 
@@ -43,6 +51,7 @@ class UpReport:
 class LabStatus:
     name: str
     index: int
+    suite: str
     state_dir: str
     bridge: str
     bridge_up: bool
@@ -105,8 +114,16 @@ class Lab:
         if any(Host(old, h).pid() for h in old.hosts) or network.link_exists(old.bridge):
             raise LabError(
                 f"{self.cfg.state_dir} holds a running lab {old.name!r} (index {old.index}, "
-                f"hosts {', '.join(old.hosts)}): run `coopctl lab down` first or use another "
-                "state directory"
+                f"hosts {', '.join(old.hosts)}, {old.suite}): run `coopctl lab down` first or "
+                "use another state directory"
+            )
+        kept = [h for h in old.hosts if old.host_dir(h).exists()]
+        if old.suite != self.cfg.suite and kept:
+            # Their overlays hold changes made on top of the other release's image.
+            raise LabError(
+                f"{self.cfg.state_dir} keeps hosts ({', '.join(kept)}) of a Debian "
+                f"{old.debian_version} ({old.suite}) lab: run `coopctl lab down --name "
+                f"{old.name}` first, then `lab up --suite {self.cfg.suite}`"
             )
 
     def up(self, log: Log = print) -> UpReport:
@@ -118,10 +135,11 @@ class Lab:
         self._check_record()
         self._claim_index()
         cfg.save()
-        base, report.image_build = image.ensure_base_image(log)
+        base, report.image_build = image.ensure_base_image(log, suite=cfg.suite)
         pubkey = inventory.ensure_ssh_key(cfg)
         pki.ensure_pki(cfg)
         cfg.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _ensure_inotify_instances(log)
         network.ensure_bridge(cfg)
         proxy.start(cfg.state_dir, cfg.bridge_ip, debian_sources().allowed_hosts)
         boot_started = time.monotonic()
@@ -142,7 +160,8 @@ class Lab:
         inventory.write_inventory(cfg)
         report.total = time.monotonic() - started
         log(
-            f"lab {cfg.name} up: {', '.join(f'{h.name} {h.address}' for h in self.hosts)} "
+            f"lab {cfg.name} up (Debian {cfg.debian_version} {cfg.suite}): "
+            f"{', '.join(f'{h.name} {h.address}' for h in self.hosts)} "
             f"(booted {len(report.booted)}, kept {len(report.kept)}, {report.total:.1f} s)"
         )
         return report
@@ -153,6 +172,7 @@ class Lab:
         return LabStatus(
             name=cfg.name,
             index=cfg.index,
+            suite=cfg.suite,
             state_dir=str(cfg.state_dir),
             bridge=cfg.bridge,
             bridge_up=network.link_exists(cfg.bridge),
@@ -193,3 +213,16 @@ class Lab:
         elapsed = time.monotonic() - started
         log(f"lab {cfg.name} down ({elapsed:.1f} s)")
         return elapsed
+
+
+def _ensure_inotify_instances(log: Log) -> None:
+    """Raise the controller's inotify instance limit to MIN_INOTIFY_INSTANCES if it is lower
+    (never lowers it): see INOTIFY_INSTANCES above."""
+    try:
+        current = int(INOTIFY_INSTANCES.read_text())
+    except (OSError, ValueError):
+        return  # not Linux's procfs: nothing to adjust
+    if current < MIN_INOTIFY_INSTANCES:
+        INOTIFY_INSTANCES.write_text(f"{MIN_INOTIFY_INSTANCES}\n")
+        log(f"raised fs.inotify.max_user_instances from {current} to {MIN_INOTIFY_INSTANCES} "
+            "(each lab host's systemd holds a few)")

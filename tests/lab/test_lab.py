@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from provisioner.lab import network
-from provisioner.lab.config import GROUPS, LabConfig
+from provisioner.lab.aptsources import DebianSources, host_sources
+from provisioner.lab.config import GROUPS, SUITES, LabConfig, LabError
 from provisioner.lab.hosts import Host, cgroup_hierarchies, is_mounted
 from provisioner.lab.lab import Lab
 
@@ -31,6 +33,33 @@ def test_hosts_boot_real_systemd_without_failed_units(lab_hosts):
         assert state in ("running", "degraded"), f"{name}: {state}"
         assert failed.strip() == "", f"{name} has failed units:\n{failed}"
         assert host.check_output("hostname -f") == f"{name}.demo.coop"
+
+
+def test_hosts_run_the_labs_debian_release(lab_hosts):
+    """Each host is the release the lab was made with, and apt asks for that release (its
+    updates and security suites included) through the lab's proxy."""
+    cfg = lab_hosts.cfg
+    for name in cfg.hosts:
+        host = lab_hosts.host(name)
+        assert host.check_output(". /etc/os-release && echo $VERSION_ID") == cfg.debian_version
+        sources = host.file("/etc/apt/sources.list.d/debian.sources").content_string
+        suites = [line.split(":", 1)[1].split() for line in sources.splitlines()
+                  if line.startswith("Suites:")]
+        assert suites == [[cfg.suite, f"{cfg.suite}-updates"], [f"{cfg.suite}-security"]]
+        assert not host.file("/etc/apt/sources.list").exists
+
+
+def test_hosts_may_configure_their_own_network(lab_hosts):
+    """nspawn drops CAP_NET_ADMIN with --network-namespace-path; the lab gives it back, so a
+    role can load nftables rules. Setting lo's MTU to its own value needs the capability and
+    changes nothing."""
+    for name in lab_hosts.cfg.hosts:
+        host = lab_hosts.host(name)
+        caps = host.check_output("grep ^CapBnd: /proc/1/status").split()[1]
+        assert int(caps, 16) & (1 << 12), f"{name}: no CAP_NET_ADMIN in {caps}"
+        mtu = host.check_output("cat /sys/class/net/lo/mtu")
+        result = host.run(f"ip link set dev lo mtu {mtu}")
+        assert result.rc == 0, f"{name}: {result.stderr}"
 
 
 def test_every_host_resolves_every_fqdn(lab_hosts):
@@ -187,3 +216,43 @@ def test_up_resumes_and_down_leaves_nothing(tmp_path_factory):
     finally:
         lab.down()
     assert _leftovers(cfg) == []
+
+
+def test_a_lab_records_its_release(tmp_path, monkeypatch):
+    """The release is checked, recorded in lab.json and read back; a record written before
+    labs had one is Debian 12; $COOPCTL_LAB_SUITE only picks the default of a new lab."""
+    with pytest.raises(LabError, match=r"bookworm \(Debian 12\) or trixie \(Debian 13\)"):
+        LabConfig(name="x", index=200, state_dir=tmp_path, suite="sid")
+    cfg = LabConfig(name="x", index=200, state_dir=tmp_path, suite="trixie")
+    cfg.save()
+    assert LabConfig.load(tmp_path) == cfg and cfg.debian_version == "13"
+    old = json.loads((tmp_path / "lab.json").read_text())
+    del old["suite"]
+    (tmp_path / "lab.json").write_text(json.dumps(old))
+    assert LabConfig.load(tmp_path).suite == "bookworm"
+    monkeypatch.setenv("COOPCTL_LAB_SUITE", "trixie")
+    assert LabConfig(name="y", index=201, state_dir=tmp_path / "y").suite == "trixie"
+    assert LabConfig.load(tmp_path).suite == "bookworm"
+    assert SUITES == {"bookworm": "12", "trixie": "13"}
+
+
+def test_apt_sources_name_the_hosts_release():
+    src = DebianSources("http://deb.debian.org/debian", "http://deb.debian.org/debian-security",
+                        ("deb.debian.org",))
+    text = host_sources(src, "trixie")
+    assert "Suites: trixie trixie-updates\n" in text and "Suites: trixie-security\n" in text
+    assert "bookworm" not in text
+    assert text.count("URIs: http://deb.debian.org/debian\n") == 1
+    assert text.count("URIs: http://deb.debian.org/debian-security\n") == 1
+
+
+def test_up_refuses_to_switch_the_release_of_kept_hosts(tmp_path):
+    """Overlays made on one release's image cannot be mounted on the other's: `up` with
+    another suite asks for a `down` first (nothing of the old lab runs here: index 202)."""
+    old = LabConfig(name="sw", index=202, hosts=("dir",), state_dir=tmp_path, suite="bookworm")
+    old.save()
+    old.host_dir("dir").mkdir(parents=True)
+    new = LabConfig(name="sw", index=202, hosts=("dir",), state_dir=tmp_path, suite="trixie")
+    with pytest.raises(LabError, match="lab down --name sw"):
+        Lab(new)._check_record()
+    Lab(old)._check_record()  # the same release resumes
