@@ -113,10 +113,11 @@ class _SerialDB:
     cursor is ever read while another thread uses the connection.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
         self.lock = threading.RLock()
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30,
-                                    check_same_thread=False)
+        target = f"{Path(path).resolve().as_uri()}?mode=ro" if readonly else str(path)
+        self.conn = sqlite3.connect(target, isolation_level=None, timeout=30,
+                                    check_same_thread=False, uri=readonly)
 
     def execute(self, sql: str, args: Any = ()) -> _Rows:
         with self.lock:
@@ -134,14 +135,23 @@ class _SerialDB:
 class Journal:
     """The journal database; also the sync's state store (services.base.StateStore)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        """Open (creating it if needed) the journal; `readonly` opens an existing one in
+        SQLite's read-only mode, so that a caller such as the audit cannot write at all."""
         self.path = path
+        self.readonly = readonly
         try:
+            if readonly:
+                self.db = _SerialDB(path, readonly=True)
+                self.db.execute("SELECT count(*) FROM journal")
+                self.actor = actor()
+                return
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.db = _SerialDB(path)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the journal {path}: {exc}",
-                              "set sync.journal in the configuration to a writable file") from None
+                              "set sync.journal in the configuration to the journal's file "
+                              "(writable, except for the audit)") from None
         os.chmod(path, 0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

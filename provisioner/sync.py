@@ -39,6 +39,7 @@ from provisioner.services.base import (
     Desired,
     Finding,
     MemberState,
+    Observation,
     Runtime,
     ServiceChange,
     ServiceUnavailable,
@@ -76,6 +77,7 @@ class ServicePlan:
     changes: list[ServiceChange] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None  # the service could not be observed: nothing planned for it
+    observed: Observation | None = None  # what observe() saw (the audit's access matrix)
 
 
 @dataclass
@@ -248,11 +250,13 @@ class Sync:
 
     # -- plan --------------------------------------------------------------------------
     def plan(self, services: Iterable[str] = (), uids: Iterable[str] = (),
-             force: bool = False, now: datetime | None = None) -> SyncPlan:
+             force: bool = False, now: datetime | None = None,
+             read: tuple[list[Member], dict[str, Plan], int] | None = None) -> SyncPlan:
+        """Read (unless `read` gives what the caller already read), observe, plan."""
         now = now or datetime.now(UTC)
         uids = set(uids)
         connectors = self.connectors(services)
-        members, plans, total = self.read(uids)
+        members, plans, total = read or self.read(uids)
         self._guard_member_count(total, narrowed=bool(uids), force=force)
         findings: list[Finding] = []
         desired: dict[str, MemberState] = {}
@@ -296,7 +300,7 @@ class Sync:
         except (ServiceUnavailable, CoopError, OSError) as exc:
             return ServicePlan(name, error=_message(exc))
         changes.sort(key=lambda c: (ACTION_ORDER[c.action], c.uid))
-        return ServicePlan(name, changes, list(observed.findings))
+        return ServicePlan(name, changes, list(observed.findings), observed=observed)
 
     def _guard_member_count(self, count: int, narrowed: bool, force: bool) -> None:
         last = self.journal.last_member_count()

@@ -18,9 +18,10 @@ LAZY_COMMANDS = {
     "group": "provisioner.cli.group:group",
     "demo": "provisioner.cli.demo:demo",
     "lab": "provisioner.lab.cli:lab",
-    "deploy": "provisioner.lab.cli:deploy",
+    "deploy": "provisioner.cli.deploy:deploy",
     "sync": "provisioner.cli.sync:sync",
     "journal": "provisioner.cli.sync:journal",
+    "audit": "provisioner.cli.audit:audit",
 }
 
 

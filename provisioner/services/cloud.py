@@ -94,6 +94,17 @@ class CloudObservation:
     def accounts(self) -> frozenset[str]:
         return frozenset(self.users)
 
+    def access(self, uid: str) -> str:
+        """For the audit's access matrix: "yes", "disabled" (kept, locked) or "no"."""
+        account = self.users.get(uid)
+        if account is None:
+            return "no"
+        return "yes" if account.enabled else "disabled"
+
+    def administrators(self) -> list[str]:
+        """Members of Nextcloud's ``admin`` group (they can reach every account)."""
+        return sorted(uid for uid, a in self.users.items() if "admin" in a.groups)
+
 
 @dataclass
 class _Client:

@@ -1,0 +1,75 @@
+"""Who has access to what: member x service, observed now or reconstructed for a past date.
+
+Now: each cell is what the service's bulk observation holds for the member ("yes": an
+account that works, "disabled": kept but locked, "no": nothing, "?": the service could not be
+observed). A connector's observation may refine "yes" through an `access(uid)` method (the
+cloud knows disabled accounts). As of a past date: the journal holds every change coopctl
+applied, so replaying it up to that date gives each member's last state per service (a
+change made behind coopctl's back is not in it: the drift section is where that shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from provisioner.audit.model import AccessRow
+from provisioner.journal import Entry
+from provisioner.model import Member
+from provisioner.services.base import Phase
+from provisioner.sync import SyncPlan
+
+# The state a successfully applied change leaves a member in, per service.
+STATE_AFTER = {"create": "yes", "restore": "yes", "suspend": "disabled", "purge": "no"}
+
+
+def expected_cell(phase: Phase) -> str:
+    return "yes" if phase is Phase.ACTIVE else "no"
+
+
+def observed_cell(observed: object | None, uid: str) -> str:
+    if observed is None:
+        return "?"
+    refine = getattr(observed, "access", None)
+    if callable(refine):
+        return str(refine(uid))
+    return "yes" if uid in observed.accounts else "no"  # type: ignore[attr-defined]
+
+
+def matrix_now(members: Iterable[Member], plan: SyncPlan) -> list[AccessRow]:
+    rows = []
+    services = list(plan.services)
+    for m in sorted(members, key=lambda m: m.uid):
+        state = plan.desired.get(m.uid)
+        expected = {s: expected_cell(state.phase(s, m.uid in plan.due)) if state else "no"
+                    for s in services}
+        cells = {s: observed_cell(plan.services[s].observed, m.uid) for s in services}
+        rows.append(AccessRow(m.uid, m.status, tuple(m.groups), cells, expected))
+    return rows
+
+
+def matrix_as_of(entries: Iterable[Entry], services: list[str], as_of: str,
+                 statuses: Mapping[str, str] | None = None) -> list[AccessRow]:
+    """Replay the journal's successful changes up to `as_of` (an ISO date or timestamp).
+
+    A member coopctl never changed in a service shows "?" there: the journal cannot say.
+    """
+    limit = as_of + "T99" if len(as_of) == 10 else as_of  # a date means its whole day
+    cells: dict[str, dict[str, str]] = {}
+    groups: dict[str, set[str]] = {}
+    for e in entries:
+        if e.at > limit or e.result != "ok":
+            continue
+        if e.action in STATE_AFTER:
+            cells.setdefault(e.uid, {})[e.service] = STATE_AFTER[e.action]
+        if e.action == "create" and e.detail.get("groups"):
+            groups.setdefault(e.uid, set()).update(e.detail["groups"])
+        elif e.action == "groups":
+            have = groups.setdefault(e.uid, set())
+            have.update(e.detail.get("add") or ())
+            have.difference_update(e.detail.get("remove") or ())
+    rows = []
+    for uid in sorted(cells):
+        row = {s: cells[uid].get(s, "?") for s in services}
+        status = (statuses or {}).get(uid, "?")
+        rows.append(AccessRow(uid, status, tuple(sorted(groups.get(uid, ()))), row, {}))
+    return rows

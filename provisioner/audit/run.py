@@ -1,0 +1,118 @@
+"""One audit run: read the directory, observe every service, compare, check, verify.
+
+Read-only by construction: the journal is opened in SQLite's read-only mode, the sync's
+`apply` is never called (only `observe` and the pure `plan`), the guards are bypassed because
+nothing is touched, and the infrastructure checks run read-only commands on the hosts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from provisioner.audit import access, drift
+from provisioner.audit.model import AuditFinding, AuditResult, CheckResult, Severity
+from provisioner.config import Config
+from provisioner.journal import Journal
+from provisioner.model import Member, Plan
+from provisioner.sync import Sync, SyncPlan
+
+
+def run_audit(config: Config, services: Iterable[str] = (), as_of: str | None = None,
+              checks: Callable[[], list[CheckResult]] | None = None) -> AuditResult:
+    journal = _open_journal(config)
+    sync = Sync(config, journal=journal)
+    try:
+        members, plans, total = sync.read()
+        plan = sync.plan(services, force=True, read=(members, plans, total))
+    finally:
+        if journal is not None:
+            journal.close()
+    known = {m.uid for m in members}
+    result = AuditResult(
+        coop=config.coop,
+        generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        as_of=as_of,
+        summary=directory_summary(members, plans),
+        findings=drift.drift_findings(plan, known),
+        services=list(plan.services),
+        unavailable={s: sp.error for s, sp in plan.services.items() if sp.error},
+    )
+    for service, error in result.unavailable.items():
+        result.findings.append(AuditFinding(
+            Severity.HIGH, service, service, "unavailable",
+            f"{service} could not be observed: {error}",
+            f"check that {service} runs, then `coopctl audit --service {service}`"))
+    result.administrators = administrators(config, plan)
+    result.journal = _verify_journal(config, result)
+    if as_of:
+        statuses = {m.uid: m.status for m in members}
+        ro = _open_journal(config)
+        entries = list(ro.entries()) if ro else []
+        if ro:
+            ro.close()
+        result.access = access.matrix_as_of(entries, result.services, as_of, statuses)
+    else:
+        result.access = access.matrix_now(members, plan)
+    if checks is not None:
+        result.checks = checks()
+        for c in result.checks:
+            if c.outcome in ("failed", "error"):
+                result.findings.append(AuditFinding(
+                    c.severity, "infrastructure", c.host, "check",
+                    f"{c.name}: {c.message}" if c.message else c.name,
+                    "see the check's message; the role of that service sets it right "
+                    "(`coopctl deploy`)"))
+    result.findings.sort(key=lambda f: (-f.severity, f.area, f.subject))
+    return result
+
+
+def _open_journal(config: Config) -> Journal | None:
+    path = config.sync.journal if config.sync else None
+    if path is None or not path.exists():
+        return None
+    return Journal(path, readonly=True)
+
+
+def _verify_journal(config: Config, result: AuditResult) -> dict[str, object]:
+    journal = _open_journal(config)
+    if journal is None:
+        return {"records": 0, "verified": True, "first_broken": None}
+    try:
+        count = journal.db.execute("SELECT count(*) FROM journal").fetchone()[0]
+        broken = journal.verify_chain()
+    finally:
+        journal.close()
+    if broken is not None:
+        result.findings.append(AuditFinding(
+            Severity.CRITICAL, "journal", f"record {broken}", "tampered",
+            f"journal record {broken} does not match the hash chain: it (or the one before "
+            "it) was edited or removed outside coopctl",
+            "compare the journal with its backups; `coopctl audit journal` names the record"))
+    return {"records": count, "verified": broken is None, "first_broken": broken}
+
+
+def directory_summary(members: list[Member], plans: dict[str, Plan]) -> dict[str, object]:
+    """Members by status, per plan, and the monthly revenue of active members."""
+    by_status = Counter(m.status for m in members)
+    per_plan: dict[str, dict[str, object]] = {}
+    revenue = 0
+    for name, p in sorted(plans.items()):
+        active = sum(1 for m in members if m.plan == name and m.status == "active")
+        per_plan[name] = {"description": p.description, "active_members": active,
+                          "price_cents": p.price_cents, "currency": p.currency or "EUR"}
+        revenue += active * (p.price_cents or 0)
+    return {"members": len(members), "by_status": dict(sorted(by_status.items())),
+            "plans": per_plan, "monthly_revenue_cents": revenue}
+
+
+def administrators(config: Config, plan: SyncPlan) -> dict[str, list[str]]:
+    """Who can change any account: the directory's writers, and each service's admins as its
+    observation shows them (connectors that can list them offer `administrators()`)."""
+    out = {"directory": [f"{config.directory.bind_dn} (coopctl's account: writes members)"]}
+    for service, sp in plan.services.items():
+        listing = getattr(sp.observed, "administrators", None)
+        if callable(listing):
+            out[service] = list(listing())
+    return out

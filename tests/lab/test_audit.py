@@ -1,0 +1,208 @@
+"""`coopctl audit` on the lab's real services: drift made by hand in each service is found and is
+gone after `coopctl sync`; the audit changes nothing; the infrastructure checks fail on a host
+misconfigured on purpose and pass once it is restored; the HTML report renders in Chromium.
+
+Kinds of drift made directly in the services: a mailbox left for an address the directory does
+not know; a quota changed in the Nextcloud double; a member's wiki rule edited by hand; a pad
+group session held by a member who is not in the group. (A Keycloak session of a suspended
+member cannot be made: Keycloak's LDAP filter drops it the moment the directory suspends them,
+see tests/lab/test_sync_sso.py.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.lab.test_sync_lifecycle import Coop, cloud_user, coop, pads_api
+
+__all__ = ["coop"]  # the lifecycle tests' fixture: plan, group, purge at the end
+
+pytestmark = pytest.mark.lab
+
+COOPCTL = str(Path(sys.executable).with_name("coopctl"))
+ACL_FILE = "/var/lib/dokuwiki/acl/acl.auth.php"
+GHOST = "ghost.nobody"
+GROUP = "audit-team"
+
+
+@pytest.fixture(scope="module")
+def audit_group(coop: Coop) -> str:
+    groups = {g["name"] for g in json.loads(coop.run("group", "list", "--json").stdout)}
+    if GROUP not in groups:
+        coop.run("group", "add", GROUP)
+    return GROUP
+
+
+def audit(coop: Coop, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    result = coop.run("audit", *args, ok=False)
+    if ok:
+        assert result.returncode in (0, 9), result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def drift_of(coop: Coop, *uids: str) -> set[tuple[str, str, str]]:
+    data = json.loads(audit(coop, "--format", "json", "--no-checks", "--fail-on", "none").stdout)
+    return {(f["area"], f["subject"], f["kind"]) for f in data["findings"]
+            if not uids or f["subject"] in uids}
+
+
+def test_drift_made_by_hand_is_found_then_gone_after_sync(lab, coop: Coop,
+                                                          audit_group: str) -> None:
+    ana, _ = coop.member("Ana", "--group", GROUP)
+    bea, _ = coop.member("Bea")
+    coop.sync(ana, bea)
+    assert drift_of(coop, ana, bea, GHOST) == set(), "a synced member audits clean"
+
+    mail = lab.host("mail")
+    mail.check_output(f"install -d -o vmail -g vmail /var/vmail/{GHOST}/Maildir/new")
+    s = requests.Session()
+    s.trust_env = False
+    s.put(f"https://{lab.addresses['apps']}/ocs/v2.php/cloud/users/{ana}",
+          data={"key": "quota", "value": "7 GB"},
+          headers={"Host": "cloud.demo.coop", "OCS-APIRequest": "true"},
+          auth=("admin", lab.secret("cloud_admin")), verify=str(lab.ca_file),
+          timeout=30).raise_for_status()
+    apps = lab.host("apps")
+    apps.check_output(f"sed -i 's|^user:{ana}:\\*\\t@ALL\\t0$|user:{ana}:*\\t@ALL\\t8|' {ACL_FILE}")
+    assert f"user:{ana}:*\t@ALL\t8" in apps.file(ACL_FILE).content_string, "rule edited"
+    group_id = pads_api(lab, "createGroupIfNotExistsFor", groupMapper=f"group:{GROUP}")[
+        "data"]["groupID"]
+    author = pads_api(lab, "createAuthorIfNotExistsFor", authorMapper=bea, name="Bea")[
+        "data"]["authorID"]
+    pads_api(lab, "createSession", groupID=group_id, authorID=author,
+             validUntil=str(int(time.time()) + 3600))
+
+    found = drift_of(coop, ana, bea, GHOST)
+    assert ("mail", GHOST, "orphan") in found
+    assert ("cloud", ana, "quota") in found
+    assert ("wiki", ana, "attributes") in found or ("wiki", ana, "observed") in found
+    assert ("pads", bea, "groups") in found
+    data = json.loads(audit(coop, "--format", "json", "--no-checks").stdout)
+    assert {f["severity"] for f in data["findings"] if f["subject"] == bea} == {"high"}
+    assert audit(coop, "--no-checks").returncode == 9  # --fail-on high by default
+
+    coop.sync(ana, bea)
+    mail.check_output(f"rm -rf /var/vmail/{GHOST}")  # the orphan's fix: by hand, never by sync
+    assert drift_of(coop, ana, bea, GHOST) == set()
+    assert cloud_user(lab, ana)["quota"]["quota"] == 5 * 1024**3
+
+
+def _state(lab, coop: Coop) -> dict[str, str]:
+    """Fingerprints of everything an audit could change."""
+    s = requests.Session()
+    s.trust_env = False
+    users = s.get(f"https://{lab.addresses['apps']}/ocs/v2.php/cloud/users/details",
+                  params={"format": "json"}, headers={"Host": "cloud.demo.coop",
+                                                      "OCS-APIRequest": "true"},
+                  auth=("admin", lab.secret("cloud_admin")), verify=str(lab.ca_file),
+                  timeout=60).text
+    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
+    return {
+        "directory": digest(coop.run("member", "list", "--json").stdout),
+        "journal": digest(coop.run("journal", "--json").stdout),
+        "cloud": digest(users),
+        "pads": digest(json.dumps(pads_api(lab, "listAllGroups"))),
+        "wiki": lab.host("apps").check_output(f"sha256sum {ACL_FILE}"),
+        "mail": lab.host("mail").check_output("ls -la --time-style=+%s /var/vmail"),
+    }
+
+
+def test_the_audit_changes_nothing(lab, coop: Coop) -> None:
+    before = _state(lab, coop)
+    result = audit(coop, "--format", "json", "--fail-on", "none")
+    assert result.returncode == 0, result.stderr
+    assert _state(lab, coop) == before
+
+
+def check_outcome(lab, coop: Coop, name: str) -> str:
+    """One infrastructure check run as a sysadmin would, with plain pytest and testinfra."""
+    from provisioner.audit.infra import CHECKS_DIR
+
+    env = {**os.environ, "COOPCTL_CONFIG": str(coop.config),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
+         "--rootdir", str(CHECKS_DIR), f"--ansible-inventory={lab.inventory}", "-k", name,
+         "-rA", str(CHECKS_DIR)], capture_output=True, text=True, env=env, timeout=300,
+        check=False)
+    outcomes = {line.split()[0] for line in done.stdout.splitlines()
+                if line.startswith(("PASSED", "FAILED")) and name in line}
+    assert len(outcomes) == 1, done.stdout[-3000:]
+    return outcomes.pop().lower()
+
+
+def test_infrastructure_checks_see_an_open_relay_and_its_repair(lab, coop: Coop) -> None:
+    def relay_check() -> str:
+        return check_outcome(lab, coop, "test_mail_not_an_open_relay")
+
+    assert relay_check() == "passed"
+    mail = lab.host("mail")
+    # The lab's Postfix has no outbound transport at all, so opening mynetworks alone relays
+    # nothing: an open relay needs both (the check only sends MAIL and RCPT, then RSET).
+    saved = {key: mail.check_output(f"postconf -h {key}")
+             for key in ("mynetworks", "default_transport")}
+    mail.check_output("postconf -e 'mynetworks = 0.0.0.0/0' 'default_transport = smtp' "
+                      "&& postfix reload")
+    try:
+        assert relay_check() == "failed"
+    finally:
+        mail.check_output("postconf -e " + " ".join(f"'{k} = {v}'" for k, v in saved.items())
+                          + " && postfix reload")
+    assert relay_check() == "passed"
+
+
+def test_checks_see_anonymous_ldap_reads(lab, coop: Coop) -> None:
+    def anonymous_check() -> str:
+        return check_outcome(lab, coop, "test_ldap_no_anonymous_read")
+
+    assert anonymous_check() == "passed"
+    directory = lab.host("dir")
+    # Names and memberships readable by anyone (never passwords), first in the list.
+    rule = "olcAccess: {0}to attrs=entry,objectClass,uid,cn,member by anonymous read by * break"
+    dn = directory.check_output(
+        "ldapsearch -Q -LLL -Y EXTERNAL -H ldapi:/// -b cn=config "
+        "'(olcSuffix=dc=demo,dc=coop)' dn | head -1").removeprefix("dn: ").strip()
+    directory.check_output(f"printf 'dn: {dn}\\nchangetype: modify\\nadd: olcAccess\\n{rule}\\n' "
+                           "| ldapmodify -Q -Y EXTERNAL -H ldapi:///")
+    try:
+        assert anonymous_check() == "failed"
+    finally:
+        directory.check_output(
+            f"printf 'dn: {dn}\\nchangetype: modify\\ndelete: olcAccess\\nolcAccess: {{0}}\\n' "
+            "| ldapmodify -Q -Y EXTERNAL -H ldapi:///")
+    assert anonymous_check() == "passed"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_html_report_summary_renders_in_chromium(lab, coop: Coop, tmp_path: Path) -> None:
+    report = tmp_path / "audit.html"
+    result = audit(coop, "--format", "html", "--language", "fr", "--output", str(report),
+                   "--fail-on", "none")
+    assert result.returncode == 0, result.stderr
+    assert report.stat().st_mode & 0o077 == 0
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    assert 'id="verdict"' in dom and "Résumé" in dom
+    members = dom.split('id="member-count">', 1)[1].split("<", 1)[0]
+    assert int(members) == len(json.loads(coop.run("member", "list", "--json").stdout))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+         "--window-size=1200,900", report.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one

@@ -1,0 +1,187 @@
+"""The audit's logic without servers: severities, orphans, the journal read-only and verified,
+the access matrix replayed from the journal, and the three renderings (the JSON against its
+schema). The audit against real services is in tests/lab/test_audit.py."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from provisioner.audit import access, drift, render
+from provisioner.audit.model import AccessRow, AuditFinding, AuditResult, CheckResult, Severity
+from provisioner.journal import Journal
+from provisioner.services.base import Action, Finding, MemberState, ServiceChange
+from provisioner.sync import ServicePlan, SyncPlan
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "audit-report.schema.json"
+COOPCTL = str(Path(sys.executable).with_name("coopctl"))
+
+
+@dataclass
+class Seen:
+    """An observation as connectors return it: the uids with an account, and findings."""
+
+    uids: set[str]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def accounts(self) -> set[str]:
+        return self.uids
+
+
+def _state(uid: str, status: str = "active") -> MemberState:
+    return MemberState(uid=uid, mail=f"{uid}@demo.coop", display_name=uid, language="en",
+                       status=status, services=frozenset({"mail", "cloud"}),
+                       groups=frozenset({"board"}), mail_quota=1024, cloud_quota=5120)
+
+
+def _plan() -> SyncPlan:
+    cloud = ServicePlan("cloud", changes=[
+        ServiceChange("cloud", Action.SUSPEND, "ines"),
+        ServiceChange("cloud", Action.QUOTA, "jan", {"from": "1 GB", "to": "2 GB"}),
+        ServiceChange("cloud", Action.GROUPS, "zoe", {"add": [], "remove": ["board"]}),
+    ], findings=[Finding("cloud", "ghost", "account in the cloud that the directory does not "
+                         "know (orphan): left alone")],
+        observed=Seen({"ines", "jan", "zoe", "ghost"}))
+    mail = ServicePlan("mail", observed=Seen({"ines", "jan", "zoe", "stray"}))
+    return SyncPlan(members_read=3,
+                    desired={u: _state(u, s) for u, s in
+                             (("ines", "suspended"), ("jan", "active"), ("zoe", "active"))},
+                    services={"cloud": cloud, "mail": mail})
+
+
+def test_drift_is_what_a_sync_would_change_plus_orphans_worst_first() -> None:
+    findings = drift.drift_findings(_plan(), known={"ines", "jan", "zoe"})
+    got = [(f.severity.label, f.area, f.subject, f.kind) for f in findings]
+    assert got == [
+        ("high", "cloud", "ghost", "orphan"),     # reported by the connector, not twice
+        ("high", "cloud", "ines", "enabled"),     # suspended yet enabled
+        ("high", "cloud", "zoe", "groups"),       # still in a group she left
+        ("high", "mail", "stray", "orphan"),      # found by the audit from observe()
+        ("low", "cloud", "jan", "quota"),
+    ]
+    ines = next(f for f in findings if f.subject == "ines")
+    assert ines.fix == "coopctl sync --member ines"
+    assert "coopctl never removes" in next(f for f in findings if f.subject == "stray").fix
+
+
+def test_matrix_now_marks_what_differs_from_the_directory() -> None:
+    from provisioner.model import Member
+
+    members = [Member(uid="ines", given_name="I", family_name="B", mail="ines@demo.coop",
+                      status="suspended", services=["mail", "cloud"], groups=["board"]),
+               Member(uid="nora", given_name="N", family_name="O", mail="nora@demo.coop",
+                      services=["mail", "cloud"])]
+    plan = _plan()
+    plan.desired["nora"] = _state("nora")
+    rows = {r.uid: r for r in access.matrix_now(members, plan)}
+    assert rows["ines"].cells == {"cloud": "yes", "mail": "yes"}
+    assert rows["ines"].expected == {"cloud": "no", "mail": "no"}
+    assert rows["ines"].drift("cloud")
+    assert rows["nora"].cells == {"cloud": "no", "mail": "no"}
+    assert rows["nora"].drift("mail")  # active with mail, but no mailbox
+
+
+def test_access_as_of_a_past_date_replays_the_journal(tmp_path: Path) -> None:
+    book = Journal(tmp_path / "j.sqlite")
+    run = book.start_run()
+    book.append(run, "cloud", "ana", "create", {"groups": ["board", "crew"]}, True)
+    book.append(run, "cloud", "bob", "create", {}, False, "down")
+    book.append(run, "cloud", "ana", "groups", {"add": [], "remove": ["crew"]}, True)
+    book.close()
+    db = sqlite3.connect(tmp_path / "j.sqlite")
+    db.execute("UPDATE journal SET at = '2026-05-01T10:00:00+00:00' WHERE id IN (1, 2)")
+    db.execute("UPDATE journal SET at = '2026-08-01T10:00:00+00:00' WHERE id = 3")
+    db.commit()
+    db.close()
+    entries = list(Journal(tmp_path / "j.sqlite", readonly=True).entries())
+    june = access.matrix_as_of(entries, ["cloud", "mail"], "2026-06-30", {"ana": "active"})
+    assert [(r.uid, r.status, r.groups, r.cells) for r in june] == [
+        ("ana", "active", ("board", "crew"), {"cloud": "yes", "mail": "?"})]
+    assert access.matrix_as_of(entries, ["cloud"], "2026-08-01")[0].groups == ("board",)
+    assert access.matrix_as_of(entries, ["cloud"], "2026-04-30") == []
+
+
+def test_a_read_only_journal_cannot_be_written(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    book = Journal(path)
+    book.append(book.start_run(), "mail", "ana", "create", {}, True)
+    book.close()
+    ro = Journal(path, readonly=True)
+    assert ro.verify_chain() is None
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.append("r", "mail", "bob", "create", {}, True)
+    assert [e.uid for e in ro.entries()] == ["ana"]
+
+
+def _result() -> AuditResult:
+    return AuditResult(
+        coop="demo", generated="2026-11-29T10:00:00+00:00", as_of=None,
+        summary={"members": 2, "by_status": {"active": 1, "suspended": 1},
+                 "plans": {"small": {"description": "5 GB", "active_members": 1,
+                                     "price_cents": 250, "currency": "EUR"}},
+                 "monthly_revenue_cents": 250},
+        findings=[AuditFinding(Severity.HIGH, "cloud", "ines", "enabled",
+                               "a sync would suspend ines <script>", "coopctl sync --member ines")],
+        services=["cloud", "mail"],
+        access=[AccessRow("ines", "suspended", ("board",), {"cloud": "yes", "mail": "no"},
+                          {"cloud": "no", "mail": "no"})],
+        checks=[CheckResult("port 25 refuses relaying", "mail", "passed"),
+                CheckResult("old TLS refused", "dir", "failed", "dir:636 accepts TLSv1",
+                            Severity.HIGH)],
+        journal={"records": 3, "verified": True, "first_broken": None},
+    )
+
+
+def test_json_report_follows_its_schema() -> None:
+    data = json.loads(render.render_json(_result()))
+    jsonschema.validate(data, json.loads(SCHEMA.read_text()))
+    assert data["summary"]["findings"]["high"] == 1
+    assert data["summary"]["checks"] == {"passed": 1, "failed": 1, "skipped": 0, "error": 0}
+
+
+def test_text_and_html_reports_show_the_same_facts() -> None:
+    result = _result()
+    text = render.render_text(result)
+    assert "monthly revenue of active members: 2.50 EUR" in text
+    assert "ines" in text and "yes!" in text  # drift marked in the matrix
+    assert "infrastructure checks: 1 of 2 passed" in text
+    html = render.render_html(result, "fr")
+    assert '<html lang="fr">' in html and "Résumé" in html
+    assert "&lt;script&gt;" in html and "<script>" not in html  # escaped, no script at all
+    assert 'class="drift"' in html
+    assert "http" not in html.replace("https://coopctl", "")  # nothing fetched from outside
+
+
+def test_audit_journal_names_the_record_edited_by_hand(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.sqlite"
+    book = Journal(journal)
+    run = book.start_run()
+    for uid in ("a", "b", "c"):
+        book.append(run, "mail", uid, "create", {}, True)
+    book.close()
+    config = tmp_path / "coopctl.yaml"
+    config.write_text(
+        "directory: {uri: 'ldapi:///', base_dn: 'dc=demo,dc=coop', bind_dn: 'cn=x'}\n"
+        "mail: {domain: demo.coop}\n"
+        f"sync: {{journal: '{journal}', state_dir: '{tmp_path}/state'}}\n")
+    ok = subprocess.run([COOPCTL, "--config", str(config), "audit", "journal"],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "3 record(s), hash chain verified" in ok.stdout
+    db = sqlite3.connect(journal)
+    db.execute("UPDATE journal SET detail = '{\"quota\": \"99 GB\"}' WHERE id = 2")
+    db.commit()
+    db.close()
+    bad = subprocess.run([COOPCTL, "--config", str(config), "audit", "journal"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 9
+    assert "journal record 2 of 3" in bad.stderr and "Hint:" in bad.stderr
+    assert "Traceback" not in bad.stderr
