@@ -26,14 +26,23 @@ def _length(n: int) -> bytes:
     return bytes([0x80 | len(body)]) + body
 
 
+_SHORT = [bytes([n]) for n in range(0x80)]  # one-byte lengths, made once
+
+
 def tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + _length(len(content)) + content
+    n = len(content)
+    if n < 0x80:  # most values: a name, a mail address (the import's hot path)
+        return _SHORT[tag] + _SHORT[n] + content if tag < 0x80 else \
+            bytes((tag, n)) + content
+    return bytes([tag]) + _length(n) + content
 
 
 def octets(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return tlv(0x04, value)
-    return tlv(0x04, str(value).encode("utf-8"))
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    n = len(data)
+    if n < 0x80:
+        return b"\x04" + _SHORT[n] + data
+    return b"\x04" + _length(n) + data
 
 
 def integer(value: int, tag: int = 0x02) -> bytes:
@@ -46,11 +55,14 @@ def _values(values: Any) -> list[Any]:
 
 
 def add_request(dn: str, attributes: dict[str, Any]) -> bytes:
-    attrs = b"".join(
-        tlv(0x30, octets(name) + tlv(0x31, b"".join(octets(v) for v in _values(values))))
-        for name, values in attributes.items()
-    )
-    return tlv(0x68, octets(dn) + tlv(0x30, attrs))
+    parts = []
+    for name, values in attributes.items():
+        if isinstance(values, list | tuple):
+            encoded = b"".join([octets(v) for v in values])
+        else:
+            encoded = octets(values)
+        parts.append(tlv(0x30, octets(name) + tlv(0x31, encoded)))
+    return tlv(0x68, octets(dn) + tlv(0x30, b"".join(parts)))
 
 
 def modify_request(dn: str, changes: dict[str, list[tuple[str, list[Any]]]]) -> bytes:
@@ -79,12 +91,22 @@ def message(message_id: int, operation: bytes, controls: Iterable[bytes] = ()) -
     return tlv(0x30, integer(message_id) + operation + (tlv(0xA0, ctrl) if ctrl else b""))
 
 
+EXTENDED_RESPONSE = 0x78
+# LDAPResult-shaped answers: bind, search done, modify, add, delete, modDN, compare, extended.
+RESULT_TAGS = {0x61, 0x65, 0x67, 0x69, 0x6B, 0x6D, 0x6F, EXTENDED_RESPONSE}
+
+
+class ProtocolError(ConnectionError):
+    """The bytes on the connection are not the LDAP messages expected."""
+
+
 @dataclass(frozen=True)
 class Response:
     message_id: int
     operation_tag: int
     result_code: int
     diagnostic: str
+    value: bytes = b""  # an extended response's responseValue
 
 
 def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
@@ -102,15 +124,60 @@ def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
 
 
 def parse_response(data: bytes) -> Response:
-    _tag, start, _end = _read_tlv(data, 0)
-    _t, id_start, id_end = _read_tlv(data, start)
-    message_id = int.from_bytes(data[id_start:id_end], "big", signed=True)
-    op_tag, op_start, _op_end = _read_tlv(data, id_end)
-    _t, code_start, code_end = _read_tlv(data, op_start)
-    code = int.from_bytes(data[code_start:code_end], "big")
-    _t, _dn_start, dn_end = _read_tlv(data, code_end)
-    _t, msg_start, msg_end = _read_tlv(data, dn_end)
-    return Response(message_id, op_tag, code, data[msg_start:msg_end].decode("utf-8", "replace"))
+    """Message id, operation, result code and diagnostic of any LDAPResult-shaped answer.
+
+    Anything else the server may send on this connection (a search entry, or the
+    Notice of Disconnection, whose message id is 0) is returned with its tag and a
+    result code of -1 when it carries none, so that callers can skip it or stop.
+    """
+    try:
+        _tag, start, _end = _read_tlv(data, 0)
+        _t, id_start, id_end = _read_tlv(data, start)
+        message_id = int.from_bytes(data[id_start:id_end], "big", signed=True)
+        op_tag, op_start, op_end = _read_tlv(data, id_end)
+        if op_tag not in RESULT_TAGS:
+            return Response(message_id, op_tag, -1, "")
+        _t, code_start, code_end = _read_tlv(data, op_start)
+        code = int.from_bytes(data[code_start:code_end], "big")
+        _t, _dn_start, dn_end = _read_tlv(data, code_end)
+        _t, msg_start, msg_end = _read_tlv(data, dn_end)
+    except IndexError:
+        raise ProtocolError("the directory sent a message coopctl cannot read") from None
+    value = b""
+    if op_tag == EXTENDED_RESPONSE:
+        for tag, c_start, c_end in _children(data, msg_end, op_end):
+            if tag == 0x8B:  # responseValue [11]
+                value = data[c_start:c_end]
+    return Response(message_id, op_tag, code, data[msg_start:msg_end].decode("utf-8", "replace"),
+                    value)
+
+
+def extended_request(oid: str, value: bytes | None = None) -> bytes:
+    """ExtendedRequest: requestName [0], requestValue [1]."""
+    body = tlv(0x80, oid.encode("ascii"))
+    if value is not None:
+        body += tlv(0x81, value)
+    return tlv(0x77, body)
+
+
+def txn_end_value(identifier: bytes, commit: bool) -> bytes:
+    """RFC 5805 txnEndReq: SEQUENCE { commit BOOLEAN DEFAULT TRUE, identifier }."""
+    flag = b"" if commit else tlv(0x01, b"\x00")
+    return tlv(0x30, flag + octets(identifier))
+
+
+def txn_end_failed_id(value: bytes) -> int | None:
+    """The message id of the update that made a commit fail (RFC 5805 txnEndRes), if given."""
+    if not value:
+        return None
+    try:
+        _tag, start, end = _read_tlv(value, 0)
+        for tag, c_start, c_end in _children(value, start, end):
+            if tag == 0x02:
+                return int.from_bytes(value[c_start:c_end], "big", signed=True)
+    except IndexError:
+        return None
+    return None
 
 
 class MessageReader:
@@ -209,7 +276,7 @@ def read_search_page(reader: MessageReader, message_id: int) -> SearchPage:
         parts = _children(data, start, end)
         got_id = int.from_bytes(data[parts[0][1]:parts[0][2]], "big", signed=True)
         if got_id != message_id:
-            raise ConnectionError(f"unexpected answer to message {got_id}")
+            raise ProtocolError(f"unexpected answer to message {got_id}")
         op_tag, op_start, op_end = parts[1]
         if op_tag == 0x64:
             entries.append(parse_entry(data, op_start, op_end))

@@ -20,7 +20,7 @@ from provisioner.model import Group
 Modifications = dict[str, list[tuple[str, list[Any]]]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Change:
     """One line of a plan: '+' create, '~' change, '-' remove."""
 
@@ -101,7 +101,8 @@ class ChangeSet:
                 mods.append((ldap3.MODIFY_DELETE, [placeholder]))
             if current and not after:
                 mods.append((ldap3.MODIFY_ADD, [placeholder]))
-            self.tx.modify(f"cn={name},{self.directory.groups_dn}", {"member": mods})
+            self.tx.modify(f"cn={name},{self.directory.groups_dn}", {"member": mods},
+                           f"group {name}")
         self.group_adds.clear()
         self.group_removes.clear()
 

@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from provisioner.errors import ConfigError
+from provisioner.resources import schemas_dir
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "coopctl-config.schema.json"
+SCHEMA_FILE = schemas_dir() / "coopctl-config.schema.json"
 DEFAULT_PATHS = (Path("coopctl.yaml"), Path("/etc/coopctl/coopctl.yaml"))
 
 
@@ -159,6 +160,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "the password would cross the network in clear",
             "use tls: starttls (or ldaps://); set allow_insecure: true only in a throwaway lab",
         )
+    _check_ca_file(d.get("ca_file"), "directory.ca_file", where)
+    _check_ca_file(data.get("sync", {}).get("ca_file"), "sync.ca_file", where)
     directory = DirectoryConfig(
         uri=uri,
         base_dn=d["base_dn"],
@@ -182,6 +185,27 @@ def parse(data: Any, source: Path | None = None) -> Config:
         default_plan=policy.get("default_plan"),
         source=source,
     )
+
+
+def _check_ca_file(value: str | None, setting: str, where: str) -> None:
+    """A CA file that is named must be there: found missing at the first TLS handshake, it
+    would surface as a library error after the command had started its work."""
+    if not value:
+        return
+    path = Path(value).expanduser()
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(
+            f"{setting}{where} names {value}, which cannot be read: {exc.strerror}",
+            "give the PEM file of the CA that signed the server's certificate "
+            "(the lab's is STATE/pki/ca.crt), or leave the setting out to use the system's CAs",
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ConfigError(f"{setting}{where} names {value}, which is not a PEM certificate",
+                          "give the CA certificate in PEM form (it starts with "
+                          "-----BEGIN CERTIFICATE-----)")
 
 
 def _path(value: str | None, source: Path | None) -> Path | None:

@@ -19,7 +19,12 @@ from pyasn1.codec.ber import encoder
 from provisioner import ber, validate
 from provisioner.config import Config
 from provisioner.errors import NotFound
-from provisioner.ldapconn import result_error
+from provisioner.ldapconn import (
+    CONNECTION_ERRORS,
+    broken_connection,
+    live_socket,
+    result_error,
+)
 from provisioner.model import (
     BRIEF_MEMBER_ATTRIBUTES,
     GROUP_ATTRIBUTES,
@@ -68,14 +73,17 @@ class Directory:
         names = {a.lower(): a for a in attributes}  # answers may spell names differently
         canonical = set(attributes)
         conn = self.conn
-        reader = ber.MessageReader(conn.socket)
+        reader = ber.MessageReader(live_socket(conn, f"a search of {base}"))
         cookie = b""
         while True:
             message_id = conn.server.next_message_id()
             request = ber.search_request(base, scope, encoded_filter, attributes)
-            conn.socket.sendall(ber.message(message_id, request,
-                                            [ber.paged_control(PAGE_SIZE, cookie)]))
-            page = ber.read_search_page(reader, message_id)
+            try:
+                conn.socket.sendall(ber.message(message_id, request,
+                                                [ber.paged_control(PAGE_SIZE, cookie)]))
+                page = ber.read_search_page(reader, message_id)
+            except CONNECTION_ERRORS as exc:
+                raise broken_connection(exc, f"a search of {base}") from None
             if page.result_code not in (0, 4):
                 conn.result = {"result": page.result_code, "message": page.diagnostic,
                                "description": RESULT_NAMES.get(page.result_code, "error")}
@@ -217,6 +225,12 @@ class Directory:
         """Every uid under people, member or not (one search)."""
         return {raw["uid"][0].decode() for _dn, raw in
                 self._search(self.cfg.people_dn, "(uid=*)", ["uid"])}
+
+    def other_uids(self) -> set[str]:
+        """uids under people that are not members (a service's entry, an old account)."""
+        return {raw["uid"][0].decode() for _dn, raw in
+                self._search(self.cfg.people_dn, "(&(uid=*)(!(objectClass=coopMember)))",
+                             ["uid"])}
 
     def uid_exists(self, uid: str) -> bool:
         """Any entry under people with this uid, member or not."""

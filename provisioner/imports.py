@@ -1,10 +1,18 @@
 """CSV import and export of members: the format a coop's ERP can produce.
 
-An import is all-or-nothing: every row is checked first and every error is
-reported with its line number; only a file with no error becomes a change
-set, applied in one LDAP transaction. Re-importing the same file (or an
-export) finds nothing to change. Members missing from the file are left
-alone: departures are an explicit `member depart`, never a side effect.
+Every row is checked first, against the file and the directory, and every
+error is reported with its line number: a file with any error writes nothing.
+Only then is the plan committed, in parts of PART_SIZE rows, each one LDAP
+transaction (slapd's commit of one huge transaction grows quadratically; parts
+keep the cost linear); `provisioner.importrun` records the progress so that a
+run stopped half-way is finished by the next run of the same file. A file of
+up to PART_SIZE changed rows is one transaction: all of it or nothing.
+
+Re-importing the same file (or an export) finds nothing to change. Members
+missing from the file are left alone: departures are an explicit `member
+depart`, never a side effect. A quota cell left empty (or no quota column)
+leaves the member's quota as it is, set by hand or following the plan; the
+word `plan` puts it back on the plan's.
 """
 
 from __future__ import annotations
@@ -12,21 +20,23 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from provisioner import validate
-from provisioner.changes import ChangeSet
+from provisioner.changes import Change
 from provisioner.directory import Directory
 from provisioner.errors import InvalidInput
 from provisioner.members import (
     MemberSpec,
-    add_to_changeset,
     check_spec,
+    describe,
     desired_member,
+    member_differs,
 )
-from provisioner.model import Member
+from provisioner.model import Group, Member, Plan
 from provisioner.naming import derive_uid, first_free_uid
 
 COLUMNS = [
@@ -40,19 +50,62 @@ MAX_ROWS = 200_000
 _LIST_SPLIT = re.compile(r"[\s,;|]+")
 
 
+PART_SIZE = 2000  # rows per transaction: slapd's commit grows faster than linearly with size
+
+
+@dataclass(slots=True)
+class RowChange:
+    """One row that changes the directory: the member before (None: new) and after.
+
+    The plan's text is made when it is shown, not kept: 100,000 of them would weigh more
+    than the members themselves.
+    """
+
+    line: int
+    old: Member | None
+    new: Member
+
+    @property
+    def label(self) -> str:
+        return f"line {self.line} ({self.new.uid})"
+
+    @property
+    def change(self) -> Change:
+        action = "+" if self.old is None else "~"
+        return Change(action, "member", self.new.uid, describe(self.old, self.new) or
+                      ["attributes"])
+
+
 @dataclass
-class ImportResult:
-    changes: ChangeSet
-    new_uids: list[str] = field(default_factory=list)
-    rows: int = 0
+class ImportPlan:
+    """Every change an import makes, in the file's order; nothing is written yet."""
+
+    rows: int
+    groups: dict[str, Group]
+    changes: list[RowChange] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def new_uids(self) -> list[str]:
+        return [row.new.uid for row in self.changes if row.old is None]
+
+    def summary(self) -> dict[str, int]:
+        created = sum(1 for row in self.changes if row.old is None)
+        return {"create": created, "change": len(self.changes) - created, "remove": 0}
+
+    def parts(self, size: int = PART_SIZE) -> list[list[RowChange]]:
+        return [self.changes[i:i + size] for i in range(0, len(self.changes), size)]
 
 
 def _split(cell: str) -> list[str]:
     return [part for part in _LIST_SPLIT.split(cell.strip()) if part]
 
 
-def read_rows(data: bytes, source: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Decode and parse the CSV, checking its header. Returns (header, [(line, row)])."""
+def iter_rows(data: bytes, source: str) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """The header (checked at once) and the rows, parsed one at a time as they are used:
+    a 100,000-line file never exists as 100,000 dictionaries at once."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -89,21 +142,25 @@ def read_rows(data: bytes, source: str) -> tuple[list[str], list[tuple[int, dict
             f"{source}: the header line is wrong: " + "; ".join(problems),
             f"columns are: {', '.join(COLUMNS)} (given_name, family_name, plan required)",
         )
-    rows = []
+    return header, _records(reader, header, source)
+
+
+def _records(reader: Any, header: list[str], source: str) -> Iterator[tuple[int, dict[str, str]]]:
+    count = 0
     try:
         for record in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in record):
                 continue
-            if len(record) != len(header):
-                rows.append((line, {"__error__": f"{len(record)} fields, expected {len(header)}"}))
-                continue
-            rows.append((line, dict(zip(header, record, strict=True))))
-            if len(rows) > MAX_ROWS:
+            count += 1
+            if count > MAX_ROWS:
                 raise InvalidInput(f"{source} has more than {MAX_ROWS} rows; split it")
+            if len(record) != len(header):
+                yield line, {"__error__": f"{len(record)} fields, expected {len(header)}"}
+                continue
+            yield line, dict(zip(header, record, strict=True))
     except csv.Error as exc:
         raise InvalidInput(f"{source}, line {reader.line_num}: {exc}") from None
-    return header, rows
 
 
 def row_to_spec(line: int, row: dict[str, str], mail_domain: str) -> MemberSpec:
@@ -115,115 +172,135 @@ def row_to_spec(line: int, row: dict[str, str], mail_domain: str) -> MemberSpec:
         if column in LIST_COLUMNS:
             setattr(spec, column, _split(cell))
         elif column in ("mail_quota", "cloud_quota"):
+            # Empty: leave the quota as it is (a hand-set one survives the ERP's export,
+            # which knows nothing of it); `plan`: back on the plan's; a size: set by hand.
             if cell:
-                setattr(spec, column, validate.quota(cell, column.replace("_", " ")))
+                value = validate.quota_setting(cell, column.replace("_", " "))
+                if value is None:
+                    spec.follow_plan.append(column.split("_")[0])
+                else:
+                    setattr(spec, column, value)
         elif cell:
             setattr(spec, column, cell)
     if "services" in row and not row["services"].strip():
         spec.services = None  # empty: the plan's services
-    spec.follow_plan_quotas = True  # an empty quota cell means: follow the plan
     if spec.given_name is None:
         spec.given_name = ""
     return check_spec(spec, mail_domain)
 
 
-def plan_import(directory: Directory, data: bytes, source: str) -> ImportResult:
-    """Validate the whole file against itself and the directory; build the change set."""
+def plan_import(directory: Directory, data: bytes, source: str) -> ImportPlan:
+    """Validate the whole file against itself and the directory; plan every row's change.
+
+    Nothing is written here: any error in any row stops the import before its first write.
+    One pass over the rows, in the file's order; memory stays near one small object per
+    member read from the directory and one per row that changes something: a row that
+    changes nothing leaves nothing behind.
+    """
     config = directory.config
-    _header, rows = read_rows(data, source)
-    errors: list[str] = []
-    specs: list[MemberSpec] = []
-    for line, row in rows:
-        try:
-            specs.append(row_to_spec(line, row, config.mail_domain))
-        except InvalidInput as exc:
-            errors.append(f"line {line}: {exc.message}")
+    _header, rows = iter_rows(data, source)  # the header is checked before any read
     plans = {p.name: p for p in directory.plans()}
     groups = {g.name: g for g in directory.groups()}
-    existing = directory.members()
-    by_uid = {m.uid: m for m in existing}
-    by_number = {m.member_number: m for m in existing if m.member_number}
-    owners: dict[str, str] = {}
-    for member in existing:
-        for address in (member.mail, *member.aliases):
-            owners[address.lower()] = member.uid
-    seen: dict[str, int] = {}
+    by_uid: dict[str, Member] = {}
+    by_number: dict[str, Member] = {}
+    owners: dict[str, str] = {}  # address (lower case) -> uid, as the file makes them
+    for member in directory.members():
+        by_uid[member.uid] = member
+        if member.member_number:
+            by_number[member.member_number] = member
+        owners[member.mail.lower()] = member.uid
+        for alias in member.aliases:
+            owners[alias.lower()] = member.uid
+    # uids compare without case in LDAP: an entry `Jan.Peeters` takes `jan.peeters` too.
+    taken = {uid.lower() for uid in (*by_uid, *directory.other_uids())}
+    tried: dict[str, int] = {}  # homonyms: the last suffix found taken for each login
+    plan = ImportPlan(rows=0, groups=groups)
+    errors: list[str] = []
+    seen: dict[str, dict[str, int]] = {"uid": {}, "member number": {}, "address": {}}
 
-    def once(key: str, line: int | None) -> None:
-        if key in seen:
-            errors.append(f"line {line}: duplicates line {seen[key]} ({key})")
-        else:
-            seen[key] = line or 0
+    def once(kind: str, key: str, line: int) -> None:
+        first = seen[kind].setdefault(key, line)
+        if first != line:
+            errors.append(f"line {line}: duplicates line {first} ({kind} {key})")
 
-    for spec in specs:
+    for line, row in rows:
+        plan.rows += 1
+        try:
+            spec = row_to_spec(line, row, config.mail_domain)
+        except InvalidInput as exc:
+            errors.append(f"line {line}: {exc.message}")
+            continue
+        before = len(errors)
         if not spec.uid and not spec.member_number:
             # Without either, the next import of the same row could not find this member
             # again and would add them a second time (karel.noid, then karel.noid2).
-            errors.append(f"line {spec.line}: neither uid nor member_number: the next import "
+            errors.append(f"line {line}: neither uid nor member_number: the next import "
                           "could not recognise this member")
         if spec.uid:
-            once(f"uid {spec.uid}", spec.line)
+            once("uid", spec.uid, line)
         if spec.member_number:
-            once(f"member number {spec.member_number}", spec.line)
+            once("member number", spec.member_number, line)
         if spec.mail:
-            once(f"address {spec.mail}", spec.line)
+            once("address", spec.mail, line)
         for alias in spec.aliases or []:
-            once(f"address {alias}", spec.line)
+            once("address", alias, line)
         if spec.plan not in plans:
-            errors.append(f"line {spec.line}: no plan named {spec.plan!r} "
+            errors.append(f"line {line}: no plan named {spec.plan!r} "
                           f"(known: {', '.join(sorted(plans)) or 'none'})")
         for group in spec.groups or []:
             if group not in groups:
-                errors.append(f"line {spec.line}: no group named {group!r}")
+                errors.append(f"line {line}: no group named {group!r}")
+        if len(errors) > before:
+            continue
+        change = _plan_row(directory, spec, line, plans, by_uid, by_number, owners, taken,
+                           tried, errors)
+        if change is not None:
+            plan.changes.append(change)
     if errors:
         raise _report(source, errors)
+    return plan
 
-    taken = set(by_uid) | directory.uids()
-    pairs: list[tuple[MemberSpec, Member | None, str]] = []
-    for spec in specs:
-        old = by_uid.get(spec.uid) if spec.uid else by_number.get(spec.member_number or "")
-        if old and spec.member_number and old.member_number not in (None, spec.member_number):
-            errors.append(f"line {spec.line}: uid {old.uid} has member number "
-                          f"{old.member_number}, not {spec.member_number}")
-            continue
-        holder = by_number.get(spec.member_number or "")
-        if old is None and holder is not None:
-            errors.append(f"line {spec.line}: member number {spec.member_number} belongs to "
-                          f"{holder.uid}; a member number is never given twice")
-            continue
-        if old is None:
-            uid = spec.uid or first_free_uid(
-                derive_uid(spec.given_name or "", spec.family_name or ""), taken.__contains__)
-            if spec.uid and spec.uid in taken:
-                errors.append(f"line {spec.line}: the uid {spec.uid} is taken by an entry that is "
-                              "not a member")
-                continue
-            taken.add(uid)
-        else:
-            uid = old.uid
-        pairs.append((spec, old, uid))
-    if errors:
-        raise _report(source, errors)
 
-    result = ImportResult(ChangeSet(directory.cfg), rows=len(specs))
-    for spec, old, uid in pairs:
+def _plan_row(directory: Directory, spec: MemberSpec, line: int, plans: dict[str, Plan],
+              by_uid: dict[str, Member], by_number: dict[str, Member], owners: dict[str, str],
+              taken: set[str], tried: dict[str, int], errors: list[str]) -> RowChange | None:
+    """The member a valid row asks for, and whether that changes anything; errors appended."""
+    old = by_uid.get(spec.uid) if spec.uid else by_number.get(spec.member_number or "")
+    if old and spec.member_number and old.member_number not in (None, spec.member_number):
+        errors.append(f"line {line}: uid {old.uid} has member number "
+                      f"{old.member_number}, not {spec.member_number}")
+        return None
+    holder = by_number.get(spec.member_number or "")
+    if old is None and holder is not None:
+        errors.append(f"line {line}: member number {spec.member_number} belongs to "
+                      f"{holder.uid}; a member number is never given twice")
+        return None
+    if old is None:
         try:
-            new = desired_member(spec, old, plans, uid, config.mail_domain)
+            uid = spec.uid or first_free_uid(
+                derive_uid(spec.given_name or "", spec.family_name or ""),
+                lambda u: u.lower() in taken, tried)
         except InvalidInput as exc:
-            errors.append(f"line {spec.line}: {exc.message}")
-            continue
-        for address in (new.mail, *new.aliases):
-            owner = owners.get(address.lower())
-            if owner and owner != uid:
-                errors.append(f"line {spec.line}: {address} already belongs to member {owner}")
-            owners[address.lower()] = uid
-        add_to_changeset(result.changes, directory, old, new)
-        if old is None:
-            result.new_uids.append(uid)
-    if errors:
-        raise _report(source, errors)
-    result.changes.finalize(groups)
-    return result
+            errors.append(f"line {line}: {exc.message} (or give it in a uid column)")
+            return None
+        if spec.uid and spec.uid.lower() in taken:
+            errors.append(f"line {line}: the uid {spec.uid} is taken by an entry that is "
+                          "not a member")
+            return None
+        taken.add(uid.lower())
+    else:
+        uid = old.uid
+    try:
+        new = desired_member(spec, old, plans, uid, directory.config.mail_domain)
+    except InvalidInput as exc:
+        errors.append(f"line {line}: {exc.message}")
+        return None
+    for address in (new.mail, *new.aliases):
+        owner = owners.get(address.lower())
+        if owner and owner != uid:
+            errors.append(f"line {line}: {address} already belongs to member {owner}")
+        owners[address.lower()] = uid
+    return RowChange(line, old, new) if member_differs(directory, old, new) else None
 
 
 def _report(source: str, errors: list[str]) -> InvalidInput:

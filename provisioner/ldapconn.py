@@ -2,9 +2,11 @@
 
 Every change coopctl makes goes through an LDAP transaction (RFC 5805, which
 OpenLDAP's back-mdb implements): either the whole change lands or none of it
-does, so an interrupted import or a refused operation never leaves a member
-half-created. Connection failures are turned into errors that say what to
-check; the bind password never appears in any of them.
+does, so an interrupted command or a refused operation never leaves a member
+half-created (a large import is several transactions: see `provisioner.imports`).
+Connection failures are turned into errors that say what to check, and whether
+a commit was under way; a refusal names the operation and what the user knows
+it by (the CSV line). The bind password never appears in any of them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from typing import Any
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 from ldap3.core.results import RESULT_CODES as RESULT_NAMES
-from pyasn1.codec.ber import encoder
-from pyasn1.type import namedtype, univ
 
 from provisioner import ber
 from provisioner.config import DirectoryConfig
@@ -28,13 +28,6 @@ START_TXN = "1.3.6.1.1.21.1"
 TXN_SPEC = "1.3.6.1.1.21.2"
 END_TXN = "1.3.6.1.1.21.3"
 BATCH = 500
-
-
-class _TxnEndRequest(univ.Sequence):
-    componentType = namedtype.NamedTypes(
-        namedtype.DefaultedNamedType("commit", univ.Boolean(True)),
-        namedtype.NamedType("identifier", univ.OctetString()),
-    )
 
 
 def _tls(cfg: DirectoryConfig) -> ldap3.Tls | None:
@@ -71,7 +64,7 @@ def _unreachable(cfg: DirectoryConfig, exc: Exception) -> CoopError:
     )
 
 
-def _close_quietly(conn: ldap3.Connection) -> None:
+def close_quietly(conn: ldap3.Connection) -> None:
     """Drop a connection that already failed; a second error would hide the first."""
     with suppress(ldap_exc.LDAPException, OSError):
         conn.unbind()
@@ -113,7 +106,7 @@ def connect(cfg: DirectoryConfig, check_base: bool = True) -> ldap3.Connection:
     except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSocketReceiveError,
             ldap_exc.LDAPStartTLSError, ldap_exc.LDAPSocketSendError, ssl.SSLError,
             OSError) as exc:
-        _close_quietly(conn)
+        close_quietly(conn)
         raise _unreachable(cfg, exc) from None
     if check_base:
         ok = conn.search(cfg.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["1.1"],
@@ -170,11 +163,51 @@ def result_error(conn: ldap3.Connection, doing: str) -> CoopError:
     return CoopError(text)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Op:
     kind: str
     dn: str
     detail: Any = None
+    label: str | None = None  # what the user knows this by: "line 57 (jan.peeters)"
+
+    def describe(self) -> str:
+        verb = {"add": "adding", "modify": "changing", "delete": "removing"}[self.kind]
+        return f"{self.label}: {verb} {self.dn}" if self.label else f"{verb} {self.dn}"
+
+
+def broken_connection(exc: BaseException, doing: str,
+                      in_doubt: bool | None = None) -> DirectoryUnavailable:
+    """The connection failed: say whether anything may have been written, and what to do.
+
+    in_doubt: True while a commit was under way, False before it, None when the
+    failure is outside a transaction (a read, a password change).
+    """
+    reason = str(exc) or type(exc).__name__
+    again = ("check that slapd runs (systemctl status slapd) and the network, then run the "
+             "same command again")
+    if in_doubt is None:
+        return DirectoryUnavailable(
+            f"the connection to the directory broke during {doing} ({reason})", again)
+    if in_doubt:
+        return DirectoryUnavailable(
+            f"the connection to the directory broke while it committed {doing} ({reason}); "
+            "a transaction is applied whole or not at all",
+            again + ": it finds what is left to do",
+        )
+    return DirectoryUnavailable(
+        f"the connection to the directory broke during {doing} ({reason}); "
+        "the transaction was not committed: nothing of it was written", again)
+
+
+def live_socket(conn: ldap3.Connection, doing: str) -> Any:
+    """The connection's socket, or an error if ldap3 already closed it after a failure."""
+    if conn.socket is None or conn.closed:
+        raise broken_connection(ConnectionError("the connection is closed"), doing)
+    return conn.socket
+
+
+# A socket error, or ldap3's reports of one (some of them are not OSErrors).
+CONNECTION_ERRORS = (OSError, ldap_exc.LDAPCommunicationError)
 
 
 @dataclass
@@ -184,19 +217,22 @@ class Transaction:
     Nothing reaches the server before `commit`, so building a transaction is
     free to fail half-way. `commit` sends every operation with the
     transaction control and ends the transaction; the server applies all of
-    them or none.
+    them or none. Every failure is a CoopError naming the operation (and the
+    CSV line, through its label): a refusal by the server, or a connection
+    that broke, in which case the error says whether the commit was under way.
     """
 
     ops: list[_Op] = field(default_factory=list)
 
-    def add(self, dn: str, attributes: dict[str, Any]) -> None:
-        self.ops.append(_Op("add", dn, attributes))
+    def add(self, dn: str, attributes: dict[str, Any], label: str | None = None) -> None:
+        self.ops.append(_Op("add", dn, attributes, label))
 
-    def modify(self, dn: str, changes: dict[str, list[tuple[str, list[Any]]]]) -> None:
-        self.ops.append(_Op("modify", dn, changes))
+    def modify(self, dn: str, changes: dict[str, list[tuple[str, list[Any]]]],
+               label: str | None = None) -> None:
+        self.ops.append(_Op("modify", dn, changes, label))
 
-    def delete(self, dn: str) -> None:
-        self.ops.append(_Op("delete", dn))
+    def delete(self, dn: str, label: str | None = None) -> None:
+        self.ops.append(_Op("delete", dn, None, label))
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -204,29 +240,48 @@ class Transaction:
     def commit(self, conn: ldap3.Connection) -> None:
         if not self.ops:
             return
-        if not conn.extended(START_TXN):
+        what = f"a change of {len(self.ops)} operation(s)"
+        try:
+            started = conn.extended(START_TXN)
+        except CONNECTION_ERRORS as exc:
+            raise broken_connection(exc, what, in_doubt=False) from None
+        if not started:
             raise CoopError(
                 "the directory does not support LDAP transactions "
                 f"({(conn.result or {}).get('description')})",
                 "coopctl needs OpenLDAP 2.5 or later with the mdb backend",
             )
         txn_id = conn.result["responseValue"]
+        reader = ber.MessageReader(live_socket(conn, what))
+        sent: dict[int, _Op] = {}
         try:
-            self._send_all(conn, txn_id)
-        except BaseException:
-            self._end(conn, txn_id, commit=False)
-            raise
-        self._end(conn, txn_id, commit=True)
+            refused = self._send_all(conn, reader, txn_id, sent)
+        except CONNECTION_ERRORS as exc:
+            raise broken_connection(exc, what, in_doubt=False) from None
+        if refused is not None:
+            with suppress(*CONNECTION_ERRORS):
+                self._end(conn, reader, txn_id, commit=False)
+            raise refused
+        try:
+            response = self._end(conn, reader, txn_id, commit=True)
+        except CONNECTION_ERRORS as exc:
+            raise broken_connection(exc, what, in_doubt=True) from None
+        if response.result_code != 0:
+            failed = sent.get(ber.txn_end_failed_id(response.value) or -1)
+            raise _refusal(response, failed, f"the directory refused {what}",
+                           f"none of the {len(self.ops)} operation(s) was applied")
 
-    def _send_all(self, conn: ldap3.Connection, txn_id: bytes) -> None:
+    def _send_all(self, conn: ldap3.Connection, reader: ber.MessageReader, txn_id: bytes,
+                  sent: dict[int, _Op]) -> CoopError | None:
         """Pipeline the operations in batches and check every answer.
 
-        The server only queues them until EndTxn, so their answers come back
-        at once; batches keep both sides' socket buffers from filling up.
+        The server queues them until EndTxn and acknowledges each at once, or refuses
+        one straight away (a DN it cannot parse, a naming context it does not hold).
+        Every answer of a batch is read before anything else is sent, so that the
+        connection stays in step; the first refusal stops the sending and is returned.
         """
         spec = ber.control(TXN_SPEC, True, txn_id)
         sock = conn.socket
-        reader = ber.MessageReader(sock)
         for start in range(0, len(self.ops), BATCH):
             batch = self.ops[start:start + BATCH]
             ids: dict[int, _Op] = {}
@@ -242,38 +297,75 @@ class Transaction:
                     request = ber.delete_request(op.dn)
                 payload.append(ber.message(message_id, request, [spec]))
             sock.sendall(b"".join(payload))
-            for _ in batch:
+            sent.update(ids)
+            refused: CoopError | None = None
+            pending = set(ids)
+            while pending:
                 response = ber.parse_response(reader.read())
-                op = ids.get(response.message_id)
-                if response.result_code != 0:
-                    where = f"{op.kind} of {op.dn}" if op else "an operation"
-                    conn.result = {"result": response.result_code,
-                                   "description": RESULT_NAMES.get(response.result_code,
-                                                                   str(response.result_code)),
-                                   "message": response.diagnostic}
-                    raise result_error(conn, where)
+                if response.message_id == 0:
+                    raise ConnectionError(f"the server ended the session: {response.diagnostic}")
+                if response.message_id not in pending:
+                    continue  # not ours (nothing else runs on this connection meanwhile)
+                pending.discard(response.message_id)
+                if response.result_code != 0 and refused is None:
+                    refused = _refusal(response, ids[response.message_id],
+                                       "the directory refused an operation",
+                                       "the transaction was abandoned: nothing was written")
+            if refused is not None:
+                return refused
+        return None
 
-    def _end(self, conn: ldap3.Connection, txn_id: bytes, commit: bool) -> None:
-        request = _TxnEndRequest()
-        request["commit"] = commit
-        request["identifier"] = txn_id
+    def _end(self, conn: ldap3.Connection, reader: ber.MessageReader, txn_id: bytes,
+             commit: bool) -> ber.Response:
+        """Send EndTxn and wait for its answer (skipping any stray one before it)."""
+        message_id = conn.server.next_message_id()
+        request = ber.extended_request(END_TXN, ber.txn_end_value(txn_id, commit))
         # The server applies every queued operation now: allow it time in
         # proportion (mdb writes thousands of entries per second).
         previous = conn.socket.gettimeout()
         conn.socket.settimeout(max(previous or 0, 30 + len(self.ops) / 100))
         try:
-            ok = conn.extended(END_TXN, encoder.encode(request))
+            conn.socket.sendall(ber.message(message_id, request))
+            while True:
+                response = ber.parse_response(reader.read())
+                if response.message_id == message_id:
+                    return response
+                if response.message_id == 0:
+                    raise ConnectionError(f"the server ended the session: {response.diagnostic}")
         finally:
-            conn.socket.settimeout(previous)
-        if commit and not ok:
-            error = result_error(conn, f"a change of {len(self.ops)} operations")
-            error.message += "; the directory applied none of them"
-            raise error
+            with suppress(OSError):
+                conn.socket.settimeout(previous)
+
+
+def _refusal(response: ber.Response, op: _Op | None, doing: str, outcome: str) -> CoopError:
+    """The server's refusal of one operation, named as the user knows it."""
+    name = RESULT_NAMES.get(response.result_code, str(response.result_code))
+    reason = f"{name}{': ' + response.diagnostic if response.diagnostic else ''}"
+    where = op.describe() if op is not None else doing
+    message = f"{where}: the directory refused it ({reason}); {outcome}"
+    code = response.result_code
+    if code == 68:
+        return Conflict(message, "something else created this entry meanwhile: run the "
+                        "command again, it reads the directory afresh")
+    if code == 32:
+        return NotFound(message, "an entry it refers to is gone: run the command again; "
+                        "`coopctl init` if the tree itself is missing")
+    if code == 50:
+        return ConfigError(message, "the coopctl account lacks a right: see schemas/acl.j2 "
+                           "and the server's configuration")
+    if code in (51, 52, 80, 81):
+        return DirectoryUnavailable(message, "the server is busy or refusing work; try again "
+                                    "later")
+    return CoopError(message, "the directory does not accept this value or entry: correct it "
+                     "(or the server's schema) and run the command again")
 
 
 def set_password(conn: ldap3.Connection, dn: str, password: str) -> None:
     """RFC 3062 password modify: the server hashes; coopctl never sees a hash."""
-    ok = conn.extend.standard.modify_password(user=dn, new_password=password)
+    try:
+        ok = conn.extend.standard.modify_password(user=dn, new_password=password)
+    except CONNECTION_ERRORS as exc:
+        raise broken_connection(exc, f"setting the password of {dn}") from None
     if not ok:
         result = conn.result or {}
         # The message may quote a policy, never the password itself.

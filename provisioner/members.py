@@ -22,7 +22,7 @@ from provisioner.naming import derive_uid, first_free_uid
 OWNED_CLASSES = ["top", "inetOrgPerson", "coopMember"]
 
 
-@dataclass
+@dataclass(slots=True)
 class MemberSpec:
     """What the user asked for; None means 'not said' (keep or default)."""
 
@@ -39,7 +39,8 @@ class MemberSpec:
     forwards: list[str] | None = None
     mail_quota: int | None = None
     cloud_quota: int | None = None
-    follow_plan_quotas: bool = False
+    follow_plan_quotas: bool = False  # every quota back on the plan's
+    follow_plan: list[str] = field(default_factory=list)  # these quotas ("mail", "cloud") only
     member_number: str | None = None
     recovery_mail: str | None = None
     language: str | None = None
@@ -128,7 +129,10 @@ def desired_member(spec: MemberSpec, existing: Member | None, plans: dict[str, P
         member.services = list(spec.services)
     elif existing is None or plan_changed:
         member.services = list(plan.services) if plan else []
+    # A quota nobody mentions keeps what it is: set by hand, it stays so (an ERP's import
+    # never resets it); following the plan, it follows the plan's current value.
     overrides = set() if spec.follow_plan_quotas else set(member.quota_overrides)
+    overrides -= set(spec.follow_plan)
     for kind, value in (("mail", spec.mail_quota), ("cloud", spec.cloud_quota)):
         if value is not None:
             overrides.add(kind)
@@ -179,9 +183,23 @@ def describe(old: Member | None, new: Member) -> list[str]:
     return lines
 
 
+def member_differs(directory: Directory, old: Member | None, new: Member) -> bool:
+    """Whether turning `old` (None: absent) into `new` writes anything."""
+    if old is None:
+        return True
+    if set(old.groups) != set(new.groups):
+        return True
+    plans_dn = directory.cfg.plans_dn
+    return bool(attribute_diff(old.attributes(plans_dn), new.attributes(plans_dn)))
+
+
 def add_to_changeset(cs: ChangeSet, directory: Directory, old: Member | None,
-                     new: Member) -> None:
-    """Record the operations that turn `old` (None: absent) into `new`."""
+                     new: Member, label: str | None = None, describe_it: bool = True) -> None:
+    """Record the operations that turn `old` (None: absent) into `new`.
+
+    `label` names the change for an error the server may return (an import's CSV line);
+    `describe_it=False` skips the plan's text, which an import makes only to show it.
+    """
     plans_dn = directory.cfg.plans_dn
     dn = directory.member_dn(new.uid)
     new_attrs = new.attributes(plans_dn)
@@ -189,15 +207,16 @@ def add_to_changeset(cs: ChangeSet, directory: Directory, old: Member | None,
         attrs = {k: v for k, v in new_attrs.items() if v is not None}
         attrs["objectClass"] = OWNED_CLASSES
         attrs["uid"] = new.uid
-        cs.tx.add(dn, attrs)
-        cs.changes.append(Change("+", "member", new.uid, describe(None, new)))
+        cs.tx.add(dn, attrs, label)
+        if describe_it:
+            cs.changes.append(Change("+", "member", new.uid, describe(None, new)))
     else:
         mods = attribute_diff(old.attributes(plans_dn), new_attrs)
-        details = describe(old, new)
         if mods:
-            cs.tx.modify(dn, mods)
-        if mods or set(old.groups) != set(new.groups):
-            cs.changes.append(Change("~", "member", new.uid, details or ["attributes"]))
+            cs.tx.modify(dn, mods, label)
+        if describe_it and (mods or set(old.groups) != set(new.groups)):
+            cs.changes.append(Change("~", "member", new.uid, describe(old, new) or
+                                     ["attributes"]))
     before = set(old.groups) if old else set()
     for group in sorted(set(new.groups) - before):
         cs.join_group(group, new.uid)

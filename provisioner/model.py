@@ -49,6 +49,45 @@ def _all(raw: dict[str, list[bytes]], name: str) -> list[str]:
     return sorted(v.decode("utf-8") for v in raw.get(name, []))
 
 
+# Values that repeat across members (a status, a plan, a service, a first name) are decoded
+# once and shared: 100,000 members then hold 100,000 references to "active", not 100,000
+# copies. Bounded, so that a directory of unique values cannot make it grow without end.
+_SHARED: dict[bytes, str] = {}
+_SHARED_MAX = 20_000
+
+
+def _shared(value: bytes) -> str:
+    text = _SHARED.get(value)
+    if text is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        text = _SHARED[value] = value.decode("utf-8")
+    return text
+
+
+_PLAN_NAMES: dict[bytes, str] = {}
+
+
+def _plan_name(dn: bytes) -> str:
+    """`small` from the plan's DN, shared by every member on the plan."""
+    name = _PLAN_NAMES.get(dn)
+    if name is None:
+        if len(_PLAN_NAMES) >= _SHARED_MAX:
+            _PLAN_NAMES.clear()
+        name = _PLAN_NAMES[dn] = rdn_value(dn.decode("utf-8"))
+    return name
+
+
+def _first_shared(raw: dict[str, list[bytes]], name: str) -> str | None:
+    values = raw.get(name)
+    return _shared(values[0]) if values else None
+
+
+def _all_shared(raw: dict[str, list[bytes]], name: str) -> list[str]:
+    values = raw.get(name)
+    return sorted(_shared(v) for v in values) if values else []
+
+
 def _int(raw: dict[str, list[bytes]], name: str) -> int | None:
     value = _first(raw, name)
     return int(value) if value is not None else None
@@ -112,7 +151,7 @@ class Plan:
         return data
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     uid: str
     given_name: str
@@ -140,27 +179,27 @@ class Member:
 
     @classmethod
     def from_raw(cls, raw: dict[str, list[bytes]], groups: list[str]) -> Member:
-        plan_dn = _first(raw, "coopPlan")
+        plan_dn = raw.get("coopPlan")
         changed = _first(raw, "coopStatusChanged")
         departed = _first(raw, "coopDepartureDate")
         return cls(
             uid=_first(raw, "uid") or "",
-            given_name=_first(raw, "givenName") or "",
-            family_name=_first(raw, "sn") or "",
+            given_name=_first_shared(raw, "givenName") or "",
+            family_name=_first_shared(raw, "sn") or "",
             display_name=_first(raw, "displayName") or "",
             mail=_first(raw, "mail") or "",
-            status=(_first(raw, "coopMemberStatus") or "active").lower(),
-            plan=rdn_value(plan_dn) if plan_dn else None,
-            services=_all(raw, "coopService"),
+            status=_shared((raw.get("coopMemberStatus") or [b"active"])[0].lower()),
+            plan=_plan_name(plan_dn[0]) if plan_dn else None,
+            services=_all_shared(raw, "coopService"),
             groups=sorted(groups),
             aliases=_all(raw, "coopMailAlias"),
             forwards=_all(raw, "coopMailForward"),
             mail_quota=_int(raw, "coopMailQuota"),
             cloud_quota=_int(raw, "coopCloudQuota"),
-            quota_overrides=_all(raw, "coopQuotaOverride"),
+            quota_overrides=_all_shared(raw, "coopQuotaOverride"),
             member_number=_first(raw, "employeeNumber"),
             recovery_mail=_first(raw, "coopRecoveryMail"),
-            language=_first(raw, "preferredLanguage"),
+            language=_first_shared(raw, "preferredLanguage"),
             status_changed=parse_ldap_time(changed) if changed else None,
             departure_date=parse_ldap_time(departed) if departed else None,
         )

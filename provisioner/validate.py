@@ -140,6 +140,21 @@ def quota(value: str | int, what: str = "quota") -> int:
     return amount
 
 
+FOLLOW_PLAN = "plan"
+
+
+def quota_setting(value: str, what: str = "quota") -> int | None:
+    """A quota as a CSV cell or option sets it: a size, or the word `plan` (None):
+    drop the hand-set value and follow the plan's quota again."""
+    if value.strip().lower() == FOLLOW_PLAN:
+        return None
+    try:
+        return quota(value, what)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, "write a whole number and a unit, e.g. '500 MB', "
+                           "'5 GB' or '1 TB', or 'plan' to follow the plan's quota") from None
+
+
 def format_quota(mib: int | None) -> str:
     """The inverse of `quota`, choosing the largest exact unit."""
     if mib is None:

@@ -64,7 +64,8 @@ def test_changed_rows_update_members_by_member_number(with_plans: Coopctl,
                                                      tmp_path: Path) -> None:
     c = with_plans
     c("member", "import", write(tmp_path, GOOD))
-    moved = GOOD.replace("M-2,Jan,van der Berg,small,,,,2 GB", "M-2,Jan,van der Berg,family,,,,")
+    moved = GOOD.replace("M-2,Jan,van der Berg,small,,,,2 GB",
+                         "M-2,Jan,van der Berg,family,,,,plan")
     out = c("member", "import", write(tmp_path, moved, "m.csv"))
     assert "~ member jan.vanderberg" in out.output and "plan: small -> family" in out.output
     jan = next(m for m in members(c) if m["uid"] == "jan.vanderberg")
@@ -169,3 +170,98 @@ def test_export_file_is_readable_by_its_owner_only(with_plans: Coopctl, tmp_path
     c("member", "export", "--output", str(target))
     assert target.stat().st_mode & 0o777 == 0o600
     assert "jan.vanderberg" in target.read_text()
+
+
+NO_QUOTAS = ("member_number,given_name,family_name,plan\n"
+             "M-1,Jan,van der Berg,small\nM-2,Zoë,O'Neill,small\n")
+
+
+def show(c: Coopctl, uid: str) -> dict:
+    return json.loads(c("member", "show", uid, "--json").output)
+
+
+def test_hand_set_quotas_survive_every_later_import(with_plans: Coopctl, tmp_path: Path) -> None:
+    """The ERP knows nothing of a quota the sysadmin set by hand: its imports keep it."""
+    c = with_plans
+    c("member", "import", write(tmp_path, NO_QUOTAS))
+    c("member", "modify", "jan.vanderberg", "--mail-quota", "2 GB", "--cloud-quota", "20 GB")
+    # no quota column at all
+    assert "No changes" in c("member", "import", write(tmp_path, NO_QUOTAS, "a.csv")).output
+    # empty quota cells, and a change elsewhere in the same row
+    empty = ("member_number,given_name,family_name,plan,mail_quota,cloud_quota\n"
+             "M-1,Jan,van der Berg,family,,\nM-2,Zoë,O'Neill,small,,\n")
+    out = c("member", "import", write(tmp_path, empty, "b.csv")).output
+    assert "plan: small -> family" in out and "quota" not in out, out
+    jan = show(c, "jan.vanderberg")
+    assert (jan["mail_quota"], jan["cloud_quota"]) == (2048, 20 * 1024)
+    assert jan["quota_overrides"] == ["cloud", "mail"]
+    # a member who follows the plan still follows it (family: 5 GB mail, 50 GB cloud)
+    c("member", "import", write(tmp_path, empty.replace("M-2,Zoë,O'Neill,small",
+                                                        "M-2,Zoë,O'Neill,family"), "c.csv"))
+    zoe = show(c, "zoe.oneill")
+    assert (zoe["mail_quota"], zoe["quota_overrides"]) == (5 * 1024, [])
+
+
+def test_the_word_plan_puts_a_quota_back_on_the_plan(with_plans: Coopctl,
+                                                     tmp_path: Path) -> None:
+    c = with_plans
+    c("member", "import", write(tmp_path, NO_QUOTAS))
+    c("member", "modify", "jan.vanderberg", "--mail-quota", "2 GB", "--cloud-quota", "20 GB")
+    text = ("member_number,given_name,family_name,plan,mail_quota,cloud_quota\n"
+            "M-1,Jan,van der Berg,small,Plan,\n")
+    out = c("member", "import", write(tmp_path, text)).output
+    assert "mail quota: 2 GB -> 1 GB" in out and "cloud quota" not in out, out
+    jan = show(c, "jan.vanderberg")
+    assert (jan["mail_quota"], jan["cloud_quota"]) == (1024, 20 * 1024)
+    assert jan["quota_overrides"] == ["cloud"]
+    # the same word on the command line
+    c("member", "modify", "jan.vanderberg", "--cloud-quota", "plan")
+    jan = show(c, "jan.vanderberg")
+    assert (jan["cloud_quota"], jan["quota_overrides"]) == (5 * 1024, [])
+    # and a plan change now reaches both quotas
+    c("plan", "modify", "small", "--mail-quota", "3 GB")
+    assert show(c, "jan.vanderberg")["mail_quota"] == 3 * 1024
+
+
+def test_a_bad_quota_cell_names_the_word_plan(with_plans: Coopctl, tmp_path: Path) -> None:
+    text = "member_number,given_name,family_name,plan,mail_quota\nM-1,Jan,Peeters,small,plans\n"
+    out = with_plans("member", "import", write(tmp_path, text), ok=False)
+    assert out.exit_code == 2 and "line 2: the mail quota 'plans' is not understood" in out.output
+    assert members(with_plans) == []
+
+
+@pytest.mark.parametrize("target", ["missing/pw.csv", "exists.csv", "exists.csv/pw.csv"])
+def test_the_passwords_file_is_checked_before_anything_is_written(
+        with_plans: Coopctl, tmp_path: Path, target: str) -> None:
+    (tmp_path / "exists.csv").write_text("keep me\n")
+    out = with_plans("member", "import", write(tmp_path, GOOD), "--initial-passwords",
+                     str(tmp_path / target), ok=False)
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith("Error: ") and "Hint: " in out.output, out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)
+    assert members(with_plans) == []
+    assert (tmp_path / "exists.csv").read_text() == "keep me\n"
+
+
+def test_names_in_other_scripts_become_whole_logins(with_plans: Coopctl, tmp_path: Path) -> None:
+    text = ("member_number,given_name,family_name,plan\n"
+            "M-1,Ivan,Петров,small\nM-2,Jan,ا,small\n")
+    out = with_plans("member", "import", write(tmp_path, text), ok=False)
+    assert out.exit_code == 2 and "line 3: cannot spell 'ا' in plain ASCII" in out.output
+    assert members(with_plans) == []
+    with_plans("member", "import", write(tmp_path, text.replace("M-2,Jan,ا,small\n", ""), "b.csv"))
+    assert [(m["uid"], m["family_name"]) for m in members(with_plans)] == [
+        ("ivan.petrov", "Петров")]
+
+
+def test_json_output_of_an_import(with_plans: Coopctl, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    dry = json.loads(with_plans("member", "import", path, "--dry-run", "--json").output)
+    assert dry["dry_run"] and dry["summary"]["create"] == 3 and members(with_plans) == []
+    assert [c["name"] for c in dry["changes"]] == ["stephanie.dupre-noel", "jan.vanderberg",
+                                                   "zoe.oneill"]
+    done = json.loads(with_plans("member", "import", path, "--json").output)
+    assert done["summary"] == {"create": 3, "change": 0, "remove": 0}
+    assert done["new"] == ["stephanie.dupre-noel", "jan.vanderberg", "zoe.oneill"]
+    again = json.loads(with_plans("member", "import", path, "--json").output)
+    assert again["changes"] == [] and again["summary"]["create"] == 0

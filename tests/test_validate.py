@@ -24,6 +24,29 @@ def test_uid_is_derived_from_real_names(given: str, family: str, uid: str) -> No
     assert derive_uid(given, family) == uid
 
 
+@pytest.mark.parametrize(("given", "family", "uid"), [
+    ("Ivan", "Петров", "ivan.petrov"),               # partly Cyrillic: never cut to "ivan"
+    ("Иван", "Petrov", "ivan.petrov"),
+    ("Γιώργος", "Παππάς", "giorgos.pappas"),
+    ("明", "李", "ming.li"),
+    ("محمد", "علي", "mhmd.ly"),                      # the library's spelling, marks dropped
+    ("Anne–Marie", "Ngô", "anne-marie.ngo"),         # an en dash is a hyphen
+    ("Jan 🌻", "Peeters", "jan.peeters"),             # a sign is not a letter
+])
+def test_names_in_other_scripts_are_transliterated(given: str, family: str, uid: str) -> None:
+    assert derive_uid(given, family) == uid
+
+
+@pytest.mark.parametrize(("given", "family"), [
+    ("Jan", "ا"),        # spelled as nothing: the family name would vanish
+    ("𒀀", "Peeters"),    # cuneiform: no reading at all
+])
+def test_a_name_that_cannot_be_spelled_is_refused_not_cut(given: str, family: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        derive_uid(given, family)
+    assert "cannot spell" in err.value.message and "--uid" in (err.value.hint or "")
+
+
 def test_derived_uid_is_capped_and_stays_valid() -> None:
     uid = derive_uid("Maximilian-Alexander", "Hohenzollern-Sigmaringen")
     assert len(uid) <= validate.MAX_UID

@@ -20,7 +20,7 @@ from provisioner import config as config_mod
 from provisioner.changes import ChangeSet
 from provisioner.directory import Directory
 from provisioner.errors import CoopError, InvalidInput
-from provisioner.ldapconn import connect
+from provisioner.ldapconn import CONNECTION_ERRORS, broken_connection, close_quietly, connect
 
 
 @dataclass
@@ -43,8 +43,9 @@ class State:
         return Directory(self.config, self._conn)
 
     def close(self) -> None:
+        """Unbind; a connection that already broke was reported, a second error would hide it."""
         if self._conn is not None:
-            self._conn.unbind()
+            close_quietly(self._conn)
             self._conn = None
 
 
@@ -65,7 +66,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except CONNECTION_ERRORS as exc:
+                # A read or write that met a dead server outside the places that check.
+                raise broken_connection(exc, "the command") from None
         except CoopError as exc:
             if kwargs.get("as_json"):
                 click.echo(json.dumps(exc.to_dict(), ensure_ascii=False), err=True)
@@ -74,6 +79,12 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 if exc.hint:
                     click.echo(f"Hint: {exc.hint}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("Error: interrupted", fg="red", err=True)
+            click.echo("Hint: run the command again: a change to the directory is applied "
+                       "whole or not at all, and an interrupted import is finished by the next",
+                       err=True)
+            sys.exit(130)
 
     return wrapper
 

@@ -22,12 +22,12 @@ import yaml
 
 from provisioner.cli.common import handle_errors
 from provisioner.localslapd import LocalDirectory
+from provisioner.resources import demo_members_csv
 
 if TYPE_CHECKING:  # the lab (and its imports) load only when the demo uses it
     from provisioner.lab.config import LabConfig
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-SAMPLE = ROOT / "inventories" / "lab" / "demo-members.csv"
+SAMPLE = demo_members_csv()
 SERVICES = ["mail", "sso", "cloud", "pads", "wiki"]
 
 
@@ -46,6 +46,8 @@ def write_local_config(workdir: Path, directory: LocalDirectory) -> Path:
             "bind_secret_file": str(secret), "admin_uri": directory.ldapi_uri,
         },
         "mail": {"domain": "demo.coop"},
+        # coopctl's own state (an unfinished import's record) next to the server's data
+        "sync": {"state_dir": str(workdir / "state")},
     }
     path = workdir / "coopctl.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -86,8 +88,14 @@ class Runner:
               help="Use the lab's hosts as they are: boot them if needed, skip site.yml.")
 @click.option("--down", "take_down", is_flag=True,
               help="Take the lab down (or stop the local server) at the end.")
+@click.option("--lab", "lab_name", default="lab", show_default=True, envvar="COOPCTL_LAB_NAME",
+              help="Which lab to use (as `coopctl lab up --name`) [env: COOPCTL_LAB_NAME].")
+@click.option("--lab-index", type=click.IntRange(0, 255), default=0, show_default=True,
+              envvar="COOPCTL_LAB_INDEX",
+              help="Its subnet index (as `coopctl lab up --index`) [env: COOPCTL_LAB_INDEX].")
 @handle_errors
-def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bool) -> None:
+def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bool,
+         lab_name: str, lab_index: int) -> None:
     """Run a demo coop end to end: servers, plans, members, audit."""
     lab_cfg = None
     if local:
@@ -105,11 +113,13 @@ def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bo
         from provisioner.lab.config import DEFAULT_HOSTS, LabConfig, default_state_dir
         from provisioner.lab.inventory import write_coopctl_config
 
-        lab_cfg = LabConfig(name="lab", index=0, hosts=DEFAULT_HOSTS,
-                            state_dir=default_state_dir("lab"))
+        state_dir = default_state_dir(lab_name)
+        lab_cfg = LabConfig.load(state_dir) or LabConfig(
+            name=lab_name, index=lab_index, hosts=DEFAULT_HOSTS, state_dir=state_dir)
         _step("The coop's servers: the local lab, deployed by playbooks/site.yml")
         started = time.monotonic()
-        Runner(None)("lab", "up", *(["--no-deploy"] if no_deploy else []))
+        Runner(None)("lab", "up", "--name", lab_name, "--index", str(lab_cfg.index),
+                     *(["--no-deploy"] if no_deploy else []))
         click.echo(f"lab up and deployed in {time.monotonic() - started:.0f} s")
         config = write_coopctl_config(lab_cfg)
         click.echo(f"coopctl talks to the lab's directory with {config}")
@@ -119,7 +129,7 @@ def demo(local: bool, workdir: Path, fresh: bool, no_deploy: bool, take_down: bo
         if local:
             LocalDirectory(workdir / "slapd").stop()
         else:
-            Runner(None)("lab", "down")
+            Runner(None)("lab", "down", "--name", lab_name)
 
 
 def _directory_steps(run: Runner, config: Path, lab_cfg: LabConfig | None) -> None:
@@ -164,6 +174,13 @@ def _directory_steps(run: Runner, config: Path, lab_cfg: LabConfig | None) -> No
         _sync_steps(run, config)
     _step("Audit")
     _audit(config, lab_cfg)
+    if lab_cfg is not None:
+        _step("coopctl audit: drift, access, infrastructure checks, journal (read-only)")
+        run("audit", "--fail-on", "none")
+        report = lab_cfg.state_dir / "audit.html"
+        run("audit", "--format", "html", "--output", str(report), "--fail-on", "none",
+            quiet=True)
+        click.echo(f"the board's report (one offline HTML file): {report}")
 
 
 LEAVER = "karel.janssens"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,7 +26,7 @@ from provisioner.cli.common import (
     pass_state,
     with_password_options,
 )
-from provisioner.errors import CoopError, InvalidInput
+from provisioner.errors import Conflict, CoopError, InvalidInput
 from provisioner.ldapconn import set_password
 from provisioner.members import (
     MemberSpec,
@@ -37,14 +40,26 @@ from provisioner.members import (
 )
 from provisioner.model import Member
 
+if TYPE_CHECKING:
+    from provisioner.imports import ImportPlan
+
 
 @click.group()
 def member() -> None:
     """Add, change, suspend, restore and list the coop's members."""
 
 
-def _quota(value: str | None, what: str) -> int | None:
-    return validate.quota(value, what) if value is not None else None
+def _quotas(spec: MemberSpec, mail_quota: str | None, cloud_quota: str | None) -> MemberSpec:
+    """--mail-quota/--cloud-quota: a size sets it by hand, `plan` puts it back on the plan's."""
+    for kind, value in (("mail", mail_quota), ("cloud", cloud_quota)):
+        if value is None:
+            continue
+        amount = validate.quota_setting(value, f"{kind} quota")
+        if amount is None:
+            spec.follow_plan.append(kind)
+        else:
+            setattr(spec, f"{kind}_quota", amount)
+    return spec
 
 
 def _member_text(m: Member) -> str:
@@ -126,10 +141,10 @@ def member_add(state: State, given_name: str, family_name: str, uid: str | None,
     spec = MemberSpec(
         given_name=given_name, family_name=family_name, uid=uid, mail=mail, plan=plan,
         services=list(service) or None, groups=list(group), aliases=list(alias),
-        forwards=list(forward), mail_quota=_quota(mail_quota, "mail quota"),
-        cloud_quota=_quota(cloud_quota, "cloud quota"), member_number=member_number,
+        forwards=list(forward), member_number=member_number,
         recovery_mail=recovery_mail, language=language, status="active",
     )
+    _quotas(spec, mail_quota, cloud_quota)
     password, generated = (None, False) if dry_run else obtain_password(
         state.config.min_password_length, password_stdin, password_file, generate_password)
     cs, new = _single_change(state, spec, None)
@@ -182,8 +197,13 @@ def member_list(state: State, status: str | None, plan: str | None, group: str |
     """List members, filtered by status, plan, group or service."""
     members = state.directory.members(status=status, plan=plan, service=service, group=group,
                                       brief=not as_json)
-    if as_json:
-        emit(True, [m.to_dict() for m in members], "")
+    if as_json:  # one member at a time: 100,000 of them as one JSON text would be 300 MB
+        write = sys.stdout.write
+        write("[")
+        for number, m in enumerate(members):
+            text = json.dumps(m.to_dict(), indent=2, ensure_ascii=False, default=str)
+            write(("," if number else "") + "\n  " + text.replace("\n", "\n  "))
+        write("\n]\n" if members else "]\n")
         return
     out = [f"{'UID':<24} {'STATUS':<10} {'PLAN':<12} {'SERVICES':<26} NAME"]
     out += [f"{m.uid:<24} {m.status:<10} {m.plan or '-':<12} "
@@ -206,8 +226,10 @@ def member_list(state: State, status: str | None, plan: str | None, group: str |
 @list_option("--remove-alias", "Remove this address")
 @list_option("--add-forward", "Forward to this address too")
 @list_option("--remove-forward", "Stop forwarding to this address")
-@click.option("--mail-quota", help="Override the mail quota, e.g. '2 GB'.")
-@click.option("--cloud-quota", help="Override the cloud quota, e.g. '10 GB'.")
+@click.option("--mail-quota", help="Set the mail quota by hand, e.g. '2 GB'; 'plan' to follow "
+              "the plan's again.")
+@click.option("--cloud-quota", help="Set the cloud quota by hand, e.g. '10 GB'; 'plan' to "
+              "follow the plan's again.")
 @click.option("--follow-plan-quotas", is_flag=True, help="Drop quota overrides.")
 @click.option("--member-number")
 @click.option("--recovery-mail")
@@ -237,11 +259,10 @@ def member_modify(state: State, uid: str, given_name: str | None, family_name: s
         plan=plan, services=list(service) or None,
         groups=sorted((set(old.groups) | set(add_group)) - set(remove_group)),
         aliases=sorted(aliases), forwards=sorted(forwards),
-        mail_quota=_quota(mail_quota, "mail quota"),
-        cloud_quota=_quota(cloud_quota, "cloud quota"),
         follow_plan_quotas=follow_plan_quotas, member_number=member_number,
         recovery_mail=recovery_mail, language=language,
     )
+    _quotas(spec, mail_quota, cloud_quota)
     cs, _new = _single_change(state, spec, uid)
     apply_changes(state, cs, dry_run, as_json)
 
@@ -321,36 +342,132 @@ def member_passwd(state: State, uid: str, password_stdin: bool, password_file: P
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @click.option("--initial-passwords", type=click.Path(dir_okay=False, path_type=Path),
               help="Give new members a one-time password, written to this new file (0600).")
+@click.option("--abandon-unfinished", is_flag=True,
+              help="Leave an unfinished import of another file as it is and import this one.")
+@click.option("--part-size", type=click.IntRange(1, 50_000), default=None, hidden=True,
+              help="Rows per transaction (tests and benchmarks; the default suits slapd).")
 @json_option
 @pass_state
 @handle_errors
-def member_import(state: State, csv_file: Path, dry_run: bool,
-                  initial_passwords: Path | None, as_json: bool) -> None:
-    """Import members from a CSV file; all rows or none.
+def member_import(state: State, csv_file: Path, dry_run: bool, initial_passwords: Path | None,
+                  abandon_unfinished: bool, part_size: int | None, as_json: bool) -> None:
+    """Import members from a CSV file: every row is checked before anything is written.
 
     Columns: member_number, uid, given_name, family_name, display_name, mail, status, plan,
-    services, groups, aliases, forwards, mail_quota, cloud_quota, recovery_mail. Lists are
-    separated by spaces. Members not in the file are left alone.
+    services, groups, aliases, forwards, mail_quota, cloud_quota, recovery_mail, language.
+    Lists are separated by spaces. A quota cell left empty (or no quota column) keeps the
+    member's quota as it is; `plan` puts it back on the plan's. Members not in the file are
+    left alone. Large files are committed in parts; a run that stops half-way is finished by
+    the next import of the same file.
     """
-    if initial_passwords and initial_passwords.exists():
-        raise InvalidInput(f"{initial_passwords} already exists",
-                           "choose a new file: it will hold passwords")
-    from provisioner.imports import plan_import, read_file  # only import and export need CSV
+    # CSV and the import's record load only for this command.
+    from provisioner.importrun import (
+        ImportJournal,
+        ImportRun,
+        check_passwords_path,
+        file_digest,
+        left_without_password,
+    )
+    from provisioner.imports import plan_import, read_file
 
-    result = plan_import(state.directory, read_file(csv_file), str(csv_file))
-    apply_changes(state, result.changes, dry_run, as_json,
-                  {"rows": result.rows, "new": result.new_uids})
-    if dry_run or not initial_passwords or not result.new_uids:
+    config = state.config
+    if initial_passwords is not None and not dry_run:
+        check_passwords_path(initial_passwords)
+    data = read_file(csv_file)
+    source, digest = csv_file.resolve(), file_digest(data)
+    assert config.sync is not None
+    journal = ImportJournal(config.sync.state_dir, config.directory)
+    if not dry_run:
+        journal.check_writable()
+    notes: list[str] = []
+    with contextlib.nullcontext() if dry_run else journal.locked():
+        previous = journal.load()
+        if previous is not None and not previous.same_file(source, digest):
+            if abandon_unfinished:
+                notes.append(f"Left {previous.describe()} as it is: its remaining rows were "
+                             "not imported" + (" (and would not be)" if dry_run else "") + ".")
+                if not dry_run:
+                    journal.clear()
+                previous = None
+            elif dry_run:
+                notes.append(f"Note: {previous.describe()} is unfinished; importing another "
+                             "file would be refused until it is finished.")
+            else:
+                raise Conflict(
+                    f"{previous.describe()} is unfinished: importing {csv_file} now would leave "
+                    "it half done",
+                    f"finish it first with `coopctl member import {previous.source}`, or give "
+                    "--abandon-unfinished to leave it as it is",
+                )
+        directory = state.directory
+        plan = plan_import(directory, data, str(csv_file))
+        pending = left_without_password(directory, previous) if previous else []
+        if previous is not None:
+            changed = " (the file changed since)" if previous.digest != digest else ""
+            notes.append(("Dry run: this would finish " if dry_run else "Finishing ")
+                         + f"{previous.describe()}{changed}: rows already in the directory "
+                         "are recognised and left as they are.")
+        if pending:
+            shown = ", ".join(pending[:10]) + (" ..." if len(pending) > 10 else "")
+            notes.append(f"{len(pending)} member(s) it created have no password yet ({shown}): "
+                         + ("they would get one." if dry_run else "they get one now."))
+        wants = bool(pending) or bool(previous and previous.wants_passwords and plan.new_uids)
+        if wants and initial_passwords is None and not dry_run:
+            raise InvalidInput(
+                f"the interrupted import of {previous.source if previous else csv_file} gave new "
+                "members one-time passwords; this run must give them too",
+                f"run `coopctl member import {csv_file} --initial-passwords NEWFILE`",
+            )
+        summary = plan.summary()
+        data_out = {"dry_run": dry_run, "summary": summary, "rows": plan.rows,
+                    "new": plan.new_uids, "notes": notes}
+        if dry_run or (not plan and not pending):
+            after = []
+            if not dry_run and previous is not None:
+                journal.clear()
+                after.append("The interrupted import is complete.")
+            tail = (f"Dry run: {summary['create']} to create, {summary['change']} to change, "
+                    "nothing written." if plan else "No changes: the directory already says so.")
+            _emit_import(as_json, data_out, plan, [tail, *after])
+            return
+        run = ImportRun(
+            directory, journal, plan, source, digest, previous=previous,
+            left_without_password=pending, passwords_path=initial_passwords,
+            new_password=lambda: generate_password(max(16, config.min_password_length)),
+            progress=lambda text: click.echo(text, err=True),
+        )
+        if part_size:
+            run.part_size = part_size
+        run.run()
+    data_out["passwords_given"] = run.given_passwords
+    _emit_import(as_json, data_out, plan, [
+        f"Applied: {summary['create']} created, {summary['change']} changed.",
+        *(["The interrupted import is complete."] if previous is not None else [])])
+    if run.given_passwords:
+        click.echo(f"One-time passwords of {len(run.given_passwords)} member(s) are in "
+                   f"{initial_passwords}; hand them out, then delete the file.", err=True)
+
+
+def _emit_import(as_json: bool, data: dict, plan: ImportPlan, tail: list[str]) -> None:
+    """Notes, the plan line by line (an import may change 100,000 members), the outcome.
+
+    Written as it is made, JSON included: the whole text of a large plan is never in memory.
+    """
+    write = sys.stdout.write
+    if as_json:
+        head = json.dumps(data, indent=2, ensure_ascii=False)
+        write(head[:-2] + ',\n  "changes": [')
+        for number, row in enumerate(plan.changes):
+            write(("," if number else "") + "\n    "
+                  + json.dumps(row.change.to_dict(), ensure_ascii=False))
+        write("\n  ]\n}\n")
         return
-    fd = os.open(initial_passwords, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("uid,initial_password\n")
-        for uid in result.new_uids:
-            password = generate_password(max(16, state.config.min_password_length))
-            set_password(state.directory.conn, state.directory.member_dn(uid), password)
-            out.write(f"{uid},{password}\n")
-    click.echo(f"One-time passwords of {len(result.new_uids)} new member(s) are in "
-               f"{initial_passwords}; hand them out, then delete the file.", err=True)
+    for note in data["notes"]:
+        write(note + "\n")
+    for row in plan.changes:
+        write(row.change.render() + "\n")
+    for line in tail:
+        write(line + "\n")
 
 
 @member.command("export")

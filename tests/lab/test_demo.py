@@ -1,4 +1,9 @@
-"""The README's demo, run against the lab: it provisions the sample coop and finds no drift."""
+"""The README's demo, run against the lab: it provisions the sample coop and finds no drift,
+and a second run changes nothing at all.
+
+The demo uses the lab the suite uses: it reads ``COOPCTL_LAB_NAME`` / ``COOPCTL_LAB_INDEX``
+as tests/lab/conftest.py does.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,30 @@ import pytest
 COOPCTL = str(Path(sys.executable).with_name("coopctl"))
 
 
-@pytest.fixture(scope="module")
-def demo_output(lab) -> str:
+def run_demo() -> str:
     result = subprocess.run([COOPCTL, "demo", "--no-deploy"], capture_output=True, text=True,
                             timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_runs(lab) -> tuple[str, str]:
+    """The demo run twice in a row on the same lab: (first output, second output)."""
+    first = run_demo()
+    return first, run_demo()
+
+
+@pytest.fixture(scope="module")
+def demo_output(demo_runs: tuple[str, str]) -> str:
+    return demo_runs[0]
+
+
+def commands(output: str) -> list[tuple[str, str]]:
+    """(command line, its output) for each `$ coopctl ...` the demo echoed."""
+    blocks = output.split("$ coopctl ")[1:]
+    return [(block.split("\n", 1)[0], block.split("\n", 1)[1] if "\n" in block else "")
+            for block in blocks]
 
 
 def test_demo_imports_then_converges(demo_output: str) -> None:
@@ -53,3 +76,36 @@ def test_demo_members_are_in_the_lab_directory(coopctl_config: Path) -> None:
     out = subprocess.run([COOPCTL, "--config", str(coopctl_config), "member", "list", "--json",
                           "--status", "suspended"], capture_output=True, text=True, check=True)
     assert "ines.benali" in [m["uid"] for m in json.loads(out.stdout)]
+
+
+def test_the_second_run_of_the_demo_changes_nothing(demo_runs: tuple[str, str]) -> None:
+    """The README says so: no import, no modify, no status change, and the sync plans 0."""
+    second = demo_runs[1]
+    seen = set()
+    for command, output in commands(second):
+        verb = " ".join(command.split()[:2])
+        seen.add(verb)
+        if verb == "member import":
+            assert "No changes: the directory already says so." in output, (command, output)
+        elif verb in ("member modify", "member suspend", "member depart"):
+            assert "No changes" in output, (command, output)
+        elif command.startswith("sync"):
+            assert "No changes: every service matches the directory." in output, (command, output)
+        elif verb in ("plan add", "group add", "member add"):
+            pytest.fail(f"the second run created something: {command}")
+    assert {"member import", "member modify", "member suspend"} <= seen
+    assert sum(1 for c, _ in commands(second) if c.startswith("sync")) >= 2
+    assert "Applied:" not in second and "+ member" not in second and "~ member" not in second
+    # jan.vanderberg keeps the 2 GB mailbox the first run gave him by hand
+    jan = second.split("$ coopctl member show jan.vanderberg", 1)[1]
+    assert "mail quota:  2 GB (set by hand)" in jan
+
+
+def test_demo_ends_with_coopctl_audit_and_its_html_report(demo_output: str) -> None:
+    audit = demo_output.split("coopctl audit: drift, access", 1)[1]
+    assert "journal:" in audit and "hash chain verified" in audit
+    assert "infrastructure checks:" in audit
+    report = Path(audit.split("the board's report (one offline HTML file): ", 1)[1].split()[0])
+    html = report.read_text(encoding="utf-8")
+    assert 'id="verdict"' in html and "Audit of demo" in html
+    assert report.stat().st_mode & 0o077 == 0
