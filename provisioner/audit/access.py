@@ -43,6 +43,11 @@ def matrix_now(members: Iterable[Member], plan: SyncPlan) -> list[AccessRow]:
         expected = {s: expected_cell(state.phase(s, m.uid in plan.due)) if state else "no"
                     for s in services}
         cells = {s: observed_cell(plan.services[s].observed, m.uid) for s in services}
+        if m.status == "purged":  # nothing may remain: only data actually held counts
+            for s in services:
+                seen = plan.services[s].observed
+                if seen is not None and m.uid not in seen.accounts:  # type: ignore[attr-defined]
+                    cells[s] = "no"
         rows.append(AccessRow(m.uid, m.status, tuple(m.groups), cells, expected))
     return rows
 

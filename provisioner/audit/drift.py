@@ -69,7 +69,9 @@ def orphan_findings(plan: SyncPlan, known: Collection[str],
     for service, sp in plan.services.items():
         if sp.observed is None:
             continue
-        for uid in sorted(set(sp.observed.accounts) - set(known)):
+        listing = getattr(sp.observed, "administrators", None)
+        admins = set(listing()) if callable(listing) else set()  # listed apart, not orphans
+        for uid in sorted(set(sp.observed.accounts) - set(known) - admins):
             if (service, uid) not in reported:
                 yield AuditFinding(Severity.HIGH, service, uid, "orphan",
                                    f"{service} holds an account or data for {uid}, whom the "

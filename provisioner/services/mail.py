@@ -91,6 +91,14 @@ class MailObservation:
         """Uids that have a mail home (the audit looks for homes of unknown uids)."""
         return self.homes
 
+    def access(self, uid: str) -> str:
+        """For the audit's access matrix. Dovecot creates a home at the first delivery or
+        login, so a welcomed member without one yet has a working mailbox all the same; whether
+        they may log in is the directory's filter, read by Dovecot at each login."""
+        if uid in self.kicked:
+            return "disabled"
+        return "yes" if uid in self.homes or uid in self.welcomed else "no"
+
 
 def parse_homes(text: str) -> dict[str, Usage]:
     """Parse ``du -s -k`` over the mail homes: ``<KiB>\t<vmail>/<uid>`` per line, by uid."""

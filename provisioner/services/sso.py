@@ -54,6 +54,11 @@ class SsoObservation:
         """Keycloak holds no accounts (import off): the users with a live session."""
         return self.sessions.keys()
 
+    def access(self, uid: str) -> str:
+        """For the audit's access matrix: "yes" for a live session; otherwise "?", since who
+        may log in is decided by the directory's filter at each login, not held by Keycloak."""
+        return "yes" if uid in self.sessions else "?"
+
 
 class SsoConnector(Connector):
     name = "sso"
