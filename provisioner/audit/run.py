@@ -21,14 +21,19 @@ from provisioner.sync import Sync, SyncPlan
 
 def run_audit(config: Config, services: Iterable[str] = (), as_of: str | None = None,
               checks: Callable[[], list[CheckResult]] | None = None) -> AuditResult:
-    journal = _open_journal(config)
-    sync = Sync(config, journal=journal)
+    journal = _open_journal(config)  # read-only, opened once for the whole audit
     try:
-        members, plans, total = sync.read()
-        plan = sync.plan(services, force=True, read=(members, plans, total))
+        return _audit(config, journal, services, as_of, checks)
     finally:
         if journal is not None:
             journal.close()
+
+
+def _audit(config: Config, journal: Journal | None, services: Iterable[str],
+           as_of: str | None, checks: Callable[[], list[CheckResult]] | None) -> AuditResult:
+    sync = Sync(config, journal=journal)
+    members, plans, total = sync.read()
+    plan = sync.plan(services, force=True, read=(members, plans, total))
     known = {m.uid for m in members}
     result = AuditResult(
         coop=config.coop,
@@ -45,13 +50,17 @@ def run_audit(config: Config, services: Iterable[str] = (), as_of: str | None = 
             f"{service} could not be observed: {error}",
             f"check that {service} runs, then `coopctl audit --service {service}`"))
     result.administrators = administrators(config, plan)
-    result.journal = _verify_journal(config, result)
+    result.journal = verify_journal(journal)
+    broken = result.journal["first_broken"]
+    if broken is not None:
+        result.findings.append(AuditFinding(
+            Severity.CRITICAL, "journal", f"record {broken}", "tampered",
+            f"journal record {broken} does not match the hash chain: it (or the one before "
+            "it) was edited or removed outside coopctl",
+            "compare the journal with its backups; `coopctl audit journal` names the record"))
     if as_of:
         statuses = {m.uid: m.status for m in members}
-        ro = _open_journal(config)
-        entries = list(ro.entries()) if ro else []
-        if ro:
-            ro.close()
+        entries = list(journal.entries()) if journal else []
         result.access = access.matrix_as_of(entries, result.services, as_of, statuses)
     else:
         result.access = access.matrix_now(members, plan)
@@ -75,21 +84,12 @@ def _open_journal(config: Config) -> Journal | None:
     return Journal(path, readonly=True)
 
 
-def _verify_journal(config: Config, result: AuditResult) -> dict[str, object]:
-    journal = _open_journal(config)
+def verify_journal(journal: Journal | None) -> dict[str, object]:
+    """Record count and the first record that breaks the hash chain (None: all verify)."""
     if journal is None:
         return {"records": 0, "verified": True, "first_broken": None}
-    try:
-        count = journal.db.execute("SELECT count(*) FROM journal").fetchone()[0]
-        broken = journal.verify_chain()
-    finally:
-        journal.close()
-    if broken is not None:
-        result.findings.append(AuditFinding(
-            Severity.CRITICAL, "journal", f"record {broken}", "tampered",
-            f"journal record {broken} does not match the hash chain: it (or the one before "
-            "it) was edited or removed outside coopctl",
-            "compare the journal with its backups; `coopctl audit journal` names the record"))
+    count = journal.db.execute("SELECT count(*) FROM journal").fetchone()[0]
+    broken = journal.verify_chain()
     return {"records": count, "verified": broken is None, "first_broken": broken}
 
 

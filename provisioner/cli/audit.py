@@ -8,12 +8,18 @@ audit itself could run.
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
 
 import click
 
-from provisioner.cli.common import State, emit, handle_errors, json_option, pass_state
+from provisioner.cli.common import (
+    State,
+    check_date_option,
+    emit,
+    handle_errors,
+    json_option,
+    pass_state,
+)
 from provisioner.errors import CoopError, InvalidInput
 
 FAIL_ON = ("info", "low", "medium", "high", "critical", "none")
@@ -51,12 +57,7 @@ def audit(state: State, ctx: click.Context, services: tuple[str, ...], fmt: str,
     from provisioner.audit.model import Severity
     from provisioner.audit.run import run_audit
 
-    if as_of:
-        try:
-            datetime.fromisoformat(as_of)
-        except ValueError:
-            raise InvalidInput(f"--as-of {as_of!r} is not a date", "write it as 2026-06-30") \
-                from None
+    check_date_option("--as-of", as_of)
     if output is not None:
         _check_output(output)
     config = state.config
@@ -104,25 +105,23 @@ def _write_private(path: Path, body: str) -> None:
 @handle_errors
 def audit_journal(state: State, as_json: bool) -> None:
     """Verify the journal's hash chain and name the first record edited by hand."""
+    from provisioner.audit.run import verify_journal
     from provisioner.journal import Journal
 
     path = state.config.sync.journal  # type: ignore[union-attr]
-    if not path.exists():
-        emit(as_json, {"records": 0, "verified": True, "first_broken": None},
-             "The journal has no records yet.")
-        return
-    book = Journal(path, readonly=True)
+    book = Journal(path, readonly=True) if path.exists() else None
     try:
-        count = book.db.execute("SELECT count(*) FROM journal").fetchone()[0]
-        broken = book.verify_chain()
+        summary = verify_journal(book)
     finally:
-        book.close()
+        if book is not None:
+            book.close()
+    count, broken = summary["records"], summary["first_broken"]
     if broken is not None:
         if as_json:
-            emit(True, {"records": count, "verified": False, "first_broken": broken}, "")
+            emit(True, summary, "")
         raise AuditFailed(
             f"journal record {broken} of {count} does not match the hash chain: it (or the "
             "record before it) was edited or removed outside coopctl",
             f"compare it with a backup of {path}: `coopctl journal --json` shows the records")
-    emit(as_json, {"records": count, "verified": True, "first_broken": None},
-         f"journal: {count} record(s), hash chain verified")
+    emit(as_json, summary, f"journal: {count} record(s), hash chain verified"
+         if count else "The journal has no records yet.")

@@ -10,6 +10,7 @@ import string
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ class State:
 
 pass_state = click.make_pass_decorator(State, ensure=True)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def check_date_option(option: str, value: str | None) -> None:
+    """Refuse a date option that is not an ISO date, before anything is read."""
+    if value is None:
+        return
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{option} {value!r} is not a date", "write it as 2026-06-30") \
+            from None
 
 
 def emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:

@@ -12,11 +12,17 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from datetime import datetime
 
 import click
 
-from provisioner.cli.common import State, emit, handle_errors, json_option, pass_state
+from provisioner.cli.common import (
+    State,
+    check_date_option,
+    emit,
+    handle_errors,
+    json_option,
+    pass_state,
+)
 from provisioner.errors import CoopError, InvalidInput
 
 SYMBOLS = {"create": "+", "restore": "+", "welcome": "+", "quota": "~", "groups": "~",
@@ -166,12 +172,7 @@ def journal(state: State, uid: str | None, since: str | None, service: str | Non
     """Show what coopctl applied to the services: when, who, what, result."""
     from provisioner.journal import Journal
 
-    if since:
-        try:
-            datetime.fromisoformat(since)
-        except ValueError:
-            raise InvalidInput(f"--since {since!r} is not a date", "write it as 2026-06-30") \
-                from None
+    check_date_option("--since", since)
     book = Journal(state.config.sync.journal)  # type: ignore[union-attr]
     try:
         entries = list(book.entries(uid=uid, since=since, service=service))
