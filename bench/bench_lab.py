@@ -4,7 +4,7 @@ Runs on a lab of its own (default name ``labbench``, index 8, state in a tempora
 so it never disturbs the default lab. Prints figures and asserts nothing.
 
     sudo .venv/bin/python bench/bench_lab.py [--cold-image] [--index 8] [--hosts dir,mail,apps]
-        [--noop-runs 3]
+        [--suite trixie|bookworm] [--noop-runs 3]
 
 ``--cold-image`` builds the base image into a temporary cache first to time a cold build (the
 lab then uses that fresh image); otherwise the cached image is used and reported as cached.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provisioner.ansible import deploy_playbook
 from provisioner.lab import image
-from provisioner.lab.config import LabConfig
+from provisioner.lab.config import SUITES, LabConfig, default_suite
 from provisioner.lab.lab import Lab
 
 
@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--cold-image", action="store_true", help="time a cold base build")
     parser.add_argument("--index", type=int, default=8)
     parser.add_argument("--hosts", default="dir,mail,apps")
+    parser.add_argument("--suite", choices=sorted(SUITES), default=default_suite(),
+                        help="Debian release of the hosts (default: $COOPCTL_LAB_SUITE or trixie)")
     parser.add_argument("--no-deploy", action="store_true", help="only up/RAM/down")
     parser.add_argument("--verbose", action="store_true", help="show deploy progress")
     parser.add_argument("--noop-runs", type=int, default=3, help="no-op deploys to time")
@@ -44,19 +46,21 @@ def main() -> None:
 
     state = Path(tempfile.mkdtemp(prefix="coopctl-bench-"))
     cfg = LabConfig(
-        name="labbench", index=args.index, hosts=tuple(args.hosts.split(",")), state_dir=state
+        name="labbench", index=args.index, hosts=tuple(args.hosts.split(",")), state_dir=state,
+        suite=args.suite,
     )
+    print(f"Debian release:                {args.suite} ({SUITES[args.suite]})")
     lab = Lab(cfg)
     echo = print if args.verbose else quiet
     cold_cache = None
     try:
         if args.cold_image:
             cold_cache = Path(tempfile.mkdtemp(prefix="coopctl-image-", dir="/var/cache/coopctl"))
-            _, built = image.ensure_base_image(quiet, cache_dir=cold_cache)
+            _, built = image.ensure_base_image(quiet, cache_dir=cold_cache, suite=args.suite)
             print(f"base image build (cold):       {built:7.1f} s")
             image.IMAGE_CACHE_DIR = cold_cache  # type: ignore[misc]
         else:
-            _, built = image.ensure_base_image(quiet)
+            _, built = image.ensure_base_image(quiet, suite=args.suite)
             print(
                 "base image build:              "
                 + (f"{built:7.1f} s (was cold)" if built else "   cached")

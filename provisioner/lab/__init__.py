@@ -1,4 +1,4 @@
-"""The local lab: throwaway Debian 12 hosts booting real systemd in systemd-nspawn.
+"""The local lab: throwaway Debian hosts (13, or 12) booting real systemd in systemd-nspawn.
 
 A coop runs its services on a few Debian servers managed by Ansible over SSH. The lab gives
 developers and the test suite the same thing on one machine, without VMs or Docker: each host

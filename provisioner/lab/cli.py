@@ -54,7 +54,7 @@ NAME_OPTION = click.option(
 
 @click.group(name="lab")
 def lab() -> None:
-    """Throwaway Debian 12 hosts (systemd-nspawn) to develop and test the coop's roles.
+    """Throwaway Debian hosts (systemd-nspawn, Debian 13 by default) to test the roles on.
 
     Needs root and debootstrap/systemd-nspawn (`bash .ci/setup` installs them).
     """
@@ -81,7 +81,7 @@ def lab() -> None:
     type=click.Choice(sorted(SUITES)),
     default=None,
     help="Debian release of the hosts: bookworm (12) or trixie (13), one cached image each "
-    "[default: the lab's recorded release, else $COOPCTL_LAB_SUITE, else bookworm].",
+    "[default: the lab's recorded release, else $COOPCTL_LAB_SUITE, else trixie].",
 )
 @click.option("--no-deploy", is_flag=True, help="Only boot the hosts; do not run site.yml.")
 def up(

@@ -27,7 +27,9 @@ IMAGE_CACHE_DIR = Path(os.environ.get("COOPCTL_IMAGE_DIR", "/var/cache/coopctl/i
 DOMAIN = "demo.coop"
 # Debian releases a lab can boot: suite -> major version (what Ansible's facts report).
 SUITES = {"bookworm": "12", "trixie": "13"}
-DEFAULT_SUITE = "bookworm"
+# Debian 13 is the current stable release (Debian 12 is in its LTS phase): new labs boot it,
+# and CI also deploys a Debian 12 lab and runs the service tests on it (tests/lab/test_debian12.py).
+DEFAULT_SUITE = "trixie"
 PROXY_PORT = 3128
 # Fixed last octets from the contract; other host names get the next free ones.
 KNOWN_OCTETS = {"dir": 10, "mail": 11, "apps": 12}

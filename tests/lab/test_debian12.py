@@ -1,0 +1,57 @@
+"""Debian 12 (bookworm) is still supported: deploy a bookworm lab and run the service tests on it.
+
+The session's own lab runs the release the lab defaults to (Debian 13, trixie). Coops upgrade
+at their own pace, so every role keeps working on Debian 12 (its `vars/Debian-12.yml`). This
+test boots a second lab of three bookworm hosts, deploys playbooks/site.yml on it, and runs the
+service tests below against it in a pytest session of their own, the way a developer would:
+
+    COOPCTL_LAB_SUITE=bookworm COOPCTL_LAB_NAME=lab12 COOPCTL_LAB_INDEX=2 \
+        pytest tests/lab/test_mail.py ...
+
+That inner session boots the lab, deploys it once, and takes it down at its end (unless
+COOPCTL_KEEP_LAB is set), exactly as for the default lab.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner.lab.config import default_suite
+
+LAB_TESTS = Path(__file__).resolve().parent
+ROOT = LAB_TESTS.parents[1]
+
+# What a Debian 12 coop needs to hold: each service answers and does its job, the deploy is
+# idempotent, and the security baseline holds (its test files join when they exist).
+SERVICE_TESTS = (
+    "test_lab.py",
+    "test_openldap.py",
+    "test_postgresql.py",
+    "test_sso.py",
+    "test_mail.py",
+    "test_wiki.py",
+    "test_pads.py",
+    "test_cloud.py",
+)
+
+
+def test_every_service_works_on_debian_12() -> None:
+    if default_suite() == "bookworm":
+        pytest.skip("this session's own lab already runs Debian 12")
+    files = [str(LAB_TESTS / name) for name in SERVICE_TESTS]
+    files += sorted(str(p) for p in LAB_TESTS.glob("test_security_*.py"))
+    env = {k: v for k, v in os.environ.items() if k != "COOPCTL_LAB_NO_DEPLOY"}
+    env.update(COOPCTL_LAB_SUITE="bookworm", COOPCTL_LAB_NAME="lab12", COOPCTL_LAB_INDEX="2")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *files],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )
+    summary = result.stdout.strip().splitlines()[-1:] or ["(no output)"]
+    print(f"Debian 12 lab: {summary[0]}")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in summary[0] and "skipped" not in summary[0], summary[0]
