@@ -13,7 +13,7 @@ import json
 import os
 import stat
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,18 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class AuditCredentials:
+    """The `audit` section: read-only accounts the audit uses instead of coopctl's own.
+
+    `directory` is a DirectoryConfig of the read-only account (same server and TLS settings);
+    `services` holds, per service, settings that replace the service's own during an audit.
+    """
+
+    directory: DirectoryConfig | None = None
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     directory: DirectoryConfig
     mail_domain: str
@@ -112,6 +124,7 @@ class Config:
     inventory: Path | None = None
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     sync: SyncSettings | None = None
+    audit: AuditCredentials | None = None
 
 
 def _is_loopback(uri: str) -> bool:
@@ -179,12 +192,24 @@ def parse(data: Any, source: Path | None = None) -> Config:
         services=data.get("services", {}),
         sync=_sync_settings(data.get("sync", {}), data.get("coop", "coop"), directory, source),
         directory=directory,
+        audit=_audit_credentials(data.get("audit"), directory),
         mail_domain=data["mail"]["domain"],
         coop=data.get("coop", "coop"),
         min_password_length=policy.get("min_password_length", 10),
         default_plan=policy.get("default_plan"),
         source=source,
     )
+
+
+def _audit_credentials(a: dict[str, Any] | None,
+                       directory: DirectoryConfig) -> AuditCredentials | None:
+    if not a:
+        return None
+    d = a.get("directory")
+    reader = None if not d else replace(
+        directory, bind_dn=d["bind_dn"], bind_secret_file=d.get("bind_secret_file"),
+        bind_secret_env=d.get("bind_secret_env", "COOPCTL_AUDIT_BIND_SECRET"))
+    return AuditCredentials(directory=reader, services=a.get("services", {}))
 
 
 def _check_ca_file(value: str | None, setting: str, where: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from provisioner.audit import access, drift, render
 from provisioner.audit.model import AccessRow, AuditFinding, AuditResult, CheckResult, Severity
+from provisioner.config import Config
 from provisioner.journal import Journal
 from provisioner.services.base import Action, Finding, MemberState, ServiceChange
 from provisioner.sync import ServicePlan, SyncPlan
@@ -185,3 +186,45 @@ def test_audit_journal_names_the_record_edited_by_hand(tmp_path: Path) -> None:
     assert bad.returncode == 9
     assert "journal record 2 of 3" in bad.stderr and "Hint:" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def _config(extra: dict) -> Config:
+    from provisioner.config import parse
+    return parse({
+        "coop": "demo",
+        "directory": {"uri": "ldap://dir.demo.coop", "tls": "starttls",
+                      "base_dn": "dc=demo,dc=coop",
+                      "bind_dn": "cn=coopctl,ou=services,dc=demo,dc=coop",
+                      "bind_secret_file": "/secrets/ldap_coopctl"},
+        "mail": {"domain": "demo.coop"},
+        "services": {"sso": {"url": "https://dir:8443", "realm": "demo", "client_id": "coopctl",
+                             "client_secret_file": "/secrets/keycloak_coopctl_client"},
+                     "pads": {"url": "https://apps", "api_key_file": "/secrets/etherpad"}},
+        **extra,
+    })
+
+
+def test_the_audit_reads_with_its_own_read_only_accounts() -> None:
+    from provisioner.audit.run import read_only_config
+    config = _config({"audit": {
+        "directory": {"bind_dn": "cn=audit,ou=services,dc=demo,dc=coop",
+                      "bind_secret_file": "/secrets/ldap_audit"},
+        "services": {"sso": {"client_id": "coop-audit",
+                             "client_secret_file": "/secrets/keycloak_audit_client"}}}})
+    reader, used = read_only_config(config)
+    assert reader.directory.bind_dn == "cn=audit,ou=services,dc=demo,dc=coop"
+    assert reader.directory.bind_secret_file == "/secrets/ldap_audit"
+    assert reader.directory.uri == config.directory.uri  # same server, same TLS
+    assert reader.directory.ca_file == config.directory.ca_file
+    assert reader.services["sso"]["client_id"] == "coop-audit"
+    assert reader.services["sso"]["client_secret_file"].endswith("keycloak_audit_client")
+    assert reader.services["pads"] == config.services["pads"]
+    assert "read-only" in used["directory"] and "read-only" in used["sso"]
+    assert "one key for everything" in used["pads"]  # said, not hidden
+
+
+def test_without_audit_accounts_the_report_says_it_read_with_writing_ones() -> None:
+    from provisioner.audit.run import read_only_config
+    reader, used = read_only_config(_config({}))
+    assert reader.directory.bind_dn.startswith("cn=coopctl")
+    assert "can write" in used["directory"] and "can write" in used["sso"]

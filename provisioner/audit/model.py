@@ -97,6 +97,7 @@ class AuditResult:
     checks: list[CheckResult] = field(default_factory=list)
     journal: dict[str, Any] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    credentials: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {s.label: 0 for s in Severity}
@@ -122,6 +123,7 @@ class AuditResult:
             "checks": [c.to_dict() for c in self.checks],
             "journal": self.journal,
             "unavailable": self.unavailable,
+            "credentials": self.credentials,
         }
 
 

@@ -37,6 +37,7 @@ LABELS: dict[str, dict[str, str]] = {
         "legend": "yes: has a working account; disabled: kept but locked; no: none; "
                   "?: unknown; ! marks a difference with the directory",
         "administrators": "Administrators",
+        "credentials": "How this audit read each part",
     },
     "fr": {
         "title": "Audit de {coop}", "generated": "Produit le", "as_of": "Accès au",
@@ -60,6 +61,7 @@ LABELS: dict[str, dict[str, str]] = {
         "legend": "yes : compte utilisable ; disabled : conservé mais bloqué ; no : aucun ; "
                   "? : inconnu ; ! signale un écart avec l'annuaire",
         "administrators": "Administrateurs",
+        "credentials": "Comment cet audit a lu chaque partie",
     },
 }
 
@@ -102,6 +104,11 @@ def render_text(result: AuditResult) -> str:
         for c in result.checks:
             if c.outcome != "passed":
                 lines.append(f"  {c.outcome:<7} {c.host:<10} {c.name}: {c.message}")
+    if result.credentials:
+        lines.append("")
+        lines.append("read with:")
+        for part, how in result.credentials.items():
+            lines.append(f"  {part:<10} {how}")
     j = result.journal
     lines.append("")
     lines.append(f"journal: {j.get('records', 0)} record(s), "

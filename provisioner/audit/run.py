@@ -9,14 +9,48 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from provisioner.audit import access, drift
 from provisioner.audit.model import AuditFinding, AuditResult, CheckResult, Severity
-from provisioner.config import Config
+from provisioner.config import AuditCredentials, Config
 from provisioner.journal import Journal
 from provisioner.model import Member, Plan
 from provisioner.sync import Sync, SyncPlan
+
+# How each service is observed when the configuration names no read-only credentials for it.
+OWN_ACCESS = {
+    "mail": "read-only commands on the mail hosts over SSH (doveadm, postconf)",
+    "wiki": "reads the wiki's files on its hosts over SSH",
+    "cloud": "the cloud's admin account: Nextcloud has no view-only role for its user API",
+    "pads": "the Etherpad API key: Etherpad has one key for everything",
+    "sso": "coopctl's own Keycloak credentials (can write): set audit.services.sso",
+}
+
+
+def read_only_config(config: Config) -> tuple[Config, dict[str, str]]:
+    """The configuration the audit runs with, and which credentials each part uses.
+
+    The `audit` section's accounts replace coopctl's own (the directory's cn=audit, a
+    Keycloak client with view roles only), so that an audit cannot write even by mistake;
+    where a service has no read-only access, the report says so instead of hiding it.
+    """
+    creds = config.audit or AuditCredentials()
+    if creds.directory is not None:
+        used = {"directory": f"{creds.directory.bind_dn} (read-only)"}
+    else:
+        used = {"directory": f"{config.directory.bind_dn} (coopctl's account, can write: "
+                             "set audit.directory)"}
+    services: dict[str, dict[str, Any]] = {}
+    for name, settings in config.services.items():
+        override = creds.services.get(name)
+        services[name] = {**settings, **override} if override else settings
+        used[name] = "read-only account (audit.services)" if override else OWN_ACCESS.get(
+            name, "the service's own settings")
+    return replace(config, directory=creds.directory or config.directory,
+                   services=services), used
 
 
 def run_audit(config: Config, services: Iterable[str] = (), as_of: str | None = None,
@@ -31,7 +65,8 @@ def run_audit(config: Config, services: Iterable[str] = (), as_of: str | None = 
 
 def _audit(config: Config, journal: Journal | None, services: Iterable[str],
            as_of: str | None, checks: Callable[[], list[CheckResult]] | None) -> AuditResult:
-    sync = Sync(config, journal=journal)
+    reader, credentials = read_only_config(config)
+    sync = Sync(reader, journal=journal)
     members, plans, total = sync.read()
     plan = sync.plan(services, force=True, read=(members, plans, total))
     known = {m.uid for m in members}
@@ -43,6 +78,8 @@ def _audit(config: Config, journal: Journal | None, services: Iterable[str],
         findings=drift.drift_findings(plan, known),
         services=list(plan.services),
         unavailable={s: sp.error for s, sp in plan.services.items() if sp.error},
+        credentials={k: v for k, v in credentials.items()
+                     if k == "directory" or k in plan.services},
     )
     for service, error in result.unavailable.items():
         result.findings.append(AuditFinding(
