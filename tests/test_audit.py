@@ -228,3 +228,17 @@ def test_without_audit_accounts_the_report_says_it_read_with_writing_ones() -> N
     reader, used = read_only_config(_config({}))
     assert reader.directory.bind_dn.startswith("cn=coopctl")
     assert "can write" in used["directory"] and "can write" in used["sso"]
+
+
+def test_administrators_name_the_wiki_superusers_from_their_directory_group() -> None:
+    from provisioner.audit.run import administrators
+    from provisioner.model import Member
+    plan = _plan()
+    plan.services["wiki"] = ServicePlan("wiki", observed=Seen(set()))
+    config = _config({})
+    config.services["wiki"] = {"admin_group": "wikiadmins"}
+    members = [Member("ana", "Ana", "P", "ana@demo.coop", groups=["wikiadmins", "board"]),
+               Member("bob", "Bob", "Q", "bob@demo.coop", groups=[])]
+    admins = administrators(config, plan, members)
+    assert admins["wiki"] == ["ana (group wikiadmins: superuser)"]
+    assert admins["directory"][0].startswith("cn=coopctl,ou=services")

@@ -86,7 +86,7 @@ def _audit(config: Config, journal: Journal | None, services: Iterable[str],
             Severity.HIGH, service, service, "unavailable",
             f"{service} could not be observed: {error}",
             f"check that {service} runs, then `coopctl audit --service {service}`"))
-    result.administrators = administrators(config, plan)
+    result.administrators = administrators(config, plan, members)
     result.journal = verify_journal(journal)
     broken = result.journal["first_broken"]
     if broken is not None:
@@ -144,12 +144,19 @@ def directory_summary(members: list[Member], plans: dict[str, Plan]) -> dict[str
             "plans": per_plan, "monthly_revenue_cents": revenue}
 
 
-def administrators(config: Config, plan: SyncPlan) -> dict[str, list[str]]:
+def administrators(config: Config, plan: SyncPlan,
+                   members: list[Member]) -> dict[str, list[str]]:
     """Who can change any account: the directory's writers, and each service's admins as its
-    observation shows them (connectors that can list them offer `administrators()`)."""
+    observation shows them (connectors that can list them offer `administrators()`). The
+    wiki's superusers are a directory group (the wiki role's `wiki_admin_group`, given to the
+    audit as services.wiki.admin_group), so they come from the directory itself."""
     out = {"directory": [f"{config.directory.bind_dn} (coopctl's account: writes members)"]}
     for service, sp in plan.services.items():
         listing = getattr(sp.observed, "administrators", None)
         if callable(listing):
             out[service] = list(listing())
+    if "wiki" in plan.services:
+        group = str(config.services.get("wiki", {}).get("admin_group", "admins"))
+        out["wiki"] = [f"{m.uid} (group {group}: superuser)" for m in members
+                       if group in m.groups]
     return out

@@ -126,19 +126,25 @@ def test_the_audit_changes_nothing(lab, coop: Coop) -> None:
 
 def check_outcome(lab, coop: Coop, name: str) -> str:
     """One infrastructure check run as a sysadmin would, with plain pytest and testinfra."""
+    return check_run(lab, coop, name)[0]
+
+
+def check_run(lab, coop: Coop, name: str, host: str = "") -> tuple[str, str]:
+    """The check's outcome (passed, failed) and pytest's output, on one host if named."""
     from provisioner.audit.infra import CHECKS_DIR
 
     env = {**os.environ, "COOPCTL_CONFIG": str(coop.config),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    selected = f"{name} and {host}" if host else name
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
-         "--rootdir", str(CHECKS_DIR), f"--ansible-inventory={lab.inventory}", "-k", name,
+         "--rootdir", str(CHECKS_DIR), f"--ansible-inventory={lab.inventory}", "-k", selected,
          "-rA", str(CHECKS_DIR)], capture_output=True, text=True, env=env, timeout=300,
         check=False)
     outcomes = {line.split()[0] for line in done.stdout.splitlines()
                 if line.startswith(("PASSED", "FAILED")) and name in line}
     assert len(outcomes) == 1, done.stdout[-3000:]
-    return outcomes.pop().lower()
+    return outcomes.pop().lower(), done.stdout
 
 
 def test_infrastructure_checks_see_an_open_relay_and_its_repair(lab, coop: Coop) -> None:
@@ -159,6 +165,46 @@ def test_infrastructure_checks_see_an_open_relay_and_its_repair(lab, coop: Coop)
         mail.check_output("postconf -e " + " ".join(f"'{k} = {v}'" for k, v in saved.items())
                           + " && postfix reload")
     assert relay_check() == "passed"
+
+
+def test_checks_see_a_certificate_about_to_expire(lab, coop: Coop) -> None:
+    """Submission's certificate replaced by one valid 10 more days (same key, same names,
+    signed by the lab's CA, so only its date is wrong): the check names port and days."""
+    import base64
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    pki = lab.cfg.state_dir / "pki"
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    current = x509.load_pem_x509_certificate((pki / "mail.crt").read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(current.subject).issuer_name(ca.subject)
+               .public_key(current.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(hours=1))
+               .not_valid_after(now + dt.timedelta(days=10)))
+    for ext in current.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    short = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    cert_check = "test_certificates_valid_for_their_names"
+    assert check_run(lab, coop, cert_check, "mail")[0] == "passed"
+    mail = lab.host("mail")
+    crt = "/etc/ssl/coop/server.crt"
+    mail.check_output(f"cp -p {crt} {crt}.audit-test")
+    try:
+        mail.check_output(f"echo {base64.b64encode(short).decode()} | base64 -d > {crt} "
+                          "&& postfix reload")
+        outcome, output = check_run(lab, coop, cert_check, "mail")
+        assert outcome == "failed"
+        assert ":587: certificate expires in 9 days" in output or \
+            ":587: certificate expires in 10 days" in output, output[-2000:]
+        assert ":993:" not in output  # Dovecot still serves the good one: only 587 is named
+    finally:
+        mail.check_output(f"mv {crt}.audit-test {crt} && postfix reload")
+    assert check_run(lab, coop, cert_check, "mail")[0] == "passed"
 
 
 def test_checks_see_anonymous_ldap_reads(lab, coop: Coop) -> None:
