@@ -297,7 +297,7 @@ class ImportRun:
         for number, uid in enumerate(waiting):
             password = self.new_password()
             try:
-                set_password(directory.conn, directory.member_dn(uid), password)
+                set_password(directory.conn, directory.member_dn(uid), password, reset=True)
             except CoopError as exc:
                 record.without_password = waiting[number:]
                 self.journal.save(record)

@@ -360,8 +360,14 @@ def _refusal(response: ber.Response, op: _Op | None, doing: str, outcome: str) -
                      "(or the server's schema) and run the command again")
 
 
-def set_password(conn: ldap3.Connection, dn: str, password: str) -> None:
-    """RFC 3062 password modify: the server hashes; coopctl never sees a hash."""
+def set_password(conn: ldap3.Connection, dn: str, password: str, *, reset: bool = False) -> None:
+    """RFC 3062 password modify: the server hashes; coopctl never sees a hash.
+
+    `reset`: the password was chosen by someone other than the member (an initial or a
+    reset password), so it is marked with ppolicy's `pwdReset`: at their next bind slapd
+    allows the member nothing but changing it, and the member's own change clears the mark.
+    The mark comes after the password because a password change may clear it.
+    """
     try:
         ok = conn.extend.standard.modify_password(user=dn, new_password=password)
     except CONNECTION_ERRORS as exc:
@@ -374,3 +380,23 @@ def set_password(conn: ldap3.Connection, dn: str, password: str) -> None:
             f"{result.get('description')} {result.get('message') or ''}".strip(),
             "choose a longer password, or check the password policy",
         )
+    if reset:
+        _mark_reset(conn, dn)
+
+
+def _mark_reset(conn: ldap3.Connection, dn: str) -> None:
+    """pwdReset: TRUE on dn (the member must change the password at first login)."""
+    try:
+        ok = conn.modify(dn, {"pwdReset": [(ldap3.MODIFY_REPLACE, ["TRUE"])]})
+    except CONNECTION_ERRORS as exc:
+        raise broken_connection(exc, f"marking the password of {dn} as one to change") from None
+    if not ok:
+        result = conn.result or {}
+        hint = ("load slapd's ppolicy module and overlay (the openldap role does), then set "
+                "the password again" if result.get("result") == 17 else
+                "check that coopctl's account may write pwdReset (schemas/acl.j2), then set "
+                "the password again")
+        raise CoopError(
+            f"the password of {dn} was set, but the directory refused to mark it as one the "
+            f"member must change: {result.get('description')} "
+            f"{result.get('message') or ''}".strip(), hint)

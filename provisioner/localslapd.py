@@ -4,6 +4,10 @@ The test suite, the benchmark and `coopctl directory up` use it: a real slapd
 with the project's schema, loopback-only, administered over its own ldapi
 socket with SASL EXTERNAL, so no admin password exists at all. It leaves the
 coop's data tree empty: `coopctl init` fills it, exactly as on a real server.
+As on the coop's servers, the ppolicy overlay runs (default policy
+`cn=default,ou=policies,SUFFIX`, which nobody creates here: a test that needs a
+policy adds it), so `pwdReset`, which coopctl sets on passwords it gives out,
+exists and means what it means there.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ olcModuleLoad: {{0}}back_mdb
 olcModuleLoad: {{1}}syncprov
 olcModuleLoad: {{2}}dynlist
 olcModuleLoad: {{3}}refint
+olcModuleLoad: {{4}}ppolicy
 
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
@@ -159,6 +164,13 @@ objectClass: olcRefintConfig
 olcOverlay: {{2}}refint
 olcRefintAttribute: member
 olcRefintNothing: cn=nobody,{self.suffix}
+
+dn: olcOverlay={{3}}ppolicy,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcPPolicyConfig
+olcOverlay: {{3}}ppolicy
+olcPPolicyDefault: cn=default,ou=policies,{self.suffix}
+olcPPolicyHashCleartext: TRUE
 """
 
     def build(self) -> None:

@@ -156,7 +156,7 @@ def member_add(state: State, given_name: str, family_name: str, uid: str | None,
         return
     dn = state.directory.member_dn(new.uid)
     try:
-        set_password(state.directory.conn, dn, password)
+        set_password(state.directory.conn, dn, password, reset=True)
     except CoopError:
         # Undo the add so that nothing half-made stays: the member can be added again.
         undo = ChangeSet(state.config.directory)
@@ -328,7 +328,7 @@ def member_passwd(state: State, uid: str, password_stdin: bool, password_file: P
     directory.get_member(uid)
     password, generated = obtain_password(state.config.min_password_length, password_stdin,
                                           password_file, generate_password)
-    set_password(directory.conn, directory.member_dn(uid), password)
+    set_password(directory.conn, directory.member_dn(uid), password, reset=True)
     data = {"uid": uid, "password_set": True}
     if generated:
         data["initial_password"] = password

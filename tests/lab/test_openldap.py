@@ -24,7 +24,7 @@ from provisioner.resources import schemas_dir
 pytestmark = pytest.mark.lab
 
 BASE = "dc=demo,dc=coop"
-SERVICES = ("coopctl", "mail", "wiki", "sso", "cloud")
+SERVICES = ("coopctl", "mail", "wiki", "sso", "cloud", "audit")
 
 
 def service_dn(name: str) -> str:

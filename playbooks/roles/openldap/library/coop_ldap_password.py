@@ -14,6 +14,9 @@ description:
   - Tries a simple bind as C(dn) with C(password) over C(uri) (ldapi:/// by default). When the bind
     succeeds nothing changes; otherwise the password is set with the password-modify extended
     operation (RFC 3062) as the ldapi peercred identity (SASL EXTERNAL), so slapd hashes it.
+  - With C(scheme), a password that binds but whose stored hash has another scheme (an {SSHA}
+    hash from before slapd hashed with argon2) is set again, so that slapd hashes it anew; the
+    stored value is read as the peercred identity and only its scheme prefix is looked at.
 requirements: [python3-ldap]
 options:
   dn: {description: DN of the entry., type: str}
@@ -23,6 +26,7 @@ options:
     type: list
     elements: dict
   uri: {description: The ldapi URI., type: str, default: "ldapi:///"}
+  scheme: {description: "Scheme prefix every stored hash must have, e.g. {ARGON2}.", type: str}
 """
 
 EXAMPLES = r"""
@@ -49,9 +53,22 @@ def _binds(ldap, uri, dn, password):
         conn.unbind_s()
 
 
-def _ensure(module, ldap, uri, dn, password):
+def _scheme_ok(ldap, uri, dn, scheme):
+    """Whether every stored hash of dn starts with scheme (read as the peercred admin)."""
+    conn = ldap.initialize(uri)
+    try:
+        conn.sasl_non_interactive_bind_s("EXTERNAL")
+        found = conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["userPassword"])
+    finally:
+        conn.unbind_s()
+    values = found[0][1].get("userPassword", []) if found else []
+    prefix = scheme.encode("utf-8").upper()
+    return bool(values) and all(v.upper().startswith(prefix) for v in values)
+
+
+def _ensure(module, ldap, uri, dn, password, scheme=None):
     """True when the password had to be set."""
-    if _binds(ldap, uri, dn, password):
+    if _binds(ldap, uri, dn, password) and (not scheme or _scheme_ok(ldap, uri, dn, scheme)):
         return False
     if module.check_mode:
         return True
@@ -74,6 +91,7 @@ def main():
             "password": {"type": "str", "no_log": True},
             "accounts": {"type": "list", "elements": "dict", "no_log": True},
             "uri": {"type": "str", "default": "ldapi:///"},
+            "scheme": {"type": "str"},
         },
         required_one_of=[["dn", "accounts"]],
         required_together=[["dn", "password"]],
@@ -90,7 +108,8 @@ def main():
     ]
     changed = []
     for account in accounts:
-        if _ensure(module, ldap, module.params["uri"], account["dn"], account["password"]):
+        if _ensure(module, ldap, module.params["uri"], account["dn"], account["password"],
+                   module.params["scheme"]):
             changed.append(account["dn"])
     module.exit_json(changed=bool(changed), set_for=changed)
 
