@@ -130,9 +130,11 @@ def write_coopctl_config(cfg: LabConfig, path: Path | None = None) -> Path:
         # APIs by address (the sites' names are sent as Host where nginx needs them).
         "inventory": str(cfg.inventory),
         "services": {
+            # The sso role's confidential client (service account, session roles only),
+            # not the master realm's admin.
             "sso": {"url": f"https://{cfg.address('dir')}:8443", "realm": "demo",
-                    "admin_user": "admin",
-                    "admin_secret_file": str(cfg.secrets_dir / "keycloak_admin")},
+                    "client_id": "coopctl",
+                    "client_secret_file": str(cfg.secrets_dir / "keycloak_coopctl_client")},
             "mail": {"host_group": "mail_servers", "smtp_host": cfg.address("mail"),
                      "smtp_port": 25, "imap_host": cfg.fqdn("mail"),
                      "submission_host": cfg.fqdn("mail"),
@@ -147,6 +149,14 @@ def write_coopctl_config(cfg: LabConfig, path: Path | None = None) -> Path:
             "wiki": {"host_group": "wiki_servers"},
         },
         "sync": {"state_dir": str(cfg.state_dir / "coopctl"), "ca_file": str(cfg.ca_file)},
+        # What `coopctl audit` reads with: the openldap role's read-only cn=audit and the sso
+        # role's client with view roles only, never coopctl's own writing accounts.
+        "audit": {
+            "directory": {"bind_dn": "cn=audit,ou=services,dc=demo,dc=coop",
+                          "bind_secret_file": str(cfg.secrets_dir / "ldap_audit")},
+            "services": {"sso": {"client_id": "coopctl-audit", "client_secret_file":
+                                 str(cfg.secrets_dir / "keycloak_audit_client")}},
+        },
     }
     path = path or cfg.state_dir / "coopctl.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

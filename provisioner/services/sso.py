@@ -70,28 +70,51 @@ class SsoConnector(Connector):
         self._observed = SsoObservation()
 
     def admin(self) -> Any:
-        """A python-keycloak admin client, logged in once per run."""
+        """A python-keycloak admin client, logged in once per run.
+
+        Preferred: the sso role's confidential client `coopctl` of the coop's realm
+        (client-credentials grant; its service account holds only view-realm, view-clients,
+        view-users and manage-users), so coopctl never holds the master realm's admin.
+        Fallback, for configurations written before that client existed: an admin of the
+        master realm with a password (admin_user + admin_secret_file).
+        """
         if self._admin is None:
-            from keycloak import KeycloakAdmin
+            from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
             from keycloak.exceptions import KeycloakError
 
             s = self.runtime.settings
+            url = s["url"].rstrip("/") + "/"
+            verify = self.runtime.ca_file or True
             try:
-                self._admin = KeycloakAdmin(
-                    server_url=s["url"].rstrip("/") + "/",
-                    username=s["admin_user"],
-                    password=self.runtime.secret("admin_secret_file"),
-                    realm_name=s["realm"],
-                    user_realm_name=s.get("admin_realm", "master"),
-                    client_id=s.get("admin_client_id", "admin-cli"),
-                    verify=self.runtime.ca_file or True,
-                    timeout=30,
-                )
+                if s.get("client_id"):
+                    connection = KeycloakOpenIDConnection(
+                        server_url=url,
+                        realm_name=s["realm"],
+                        user_realm_name=s["realm"],
+                        client_id=s["client_id"],
+                        client_secret_key=self.runtime.secret("client_secret_file"),
+                        verify=verify,
+                        timeout=30,
+                    )
+                    self._admin = KeycloakAdmin(connection=connection)
+                else:
+                    self._admin = KeycloakAdmin(
+                        server_url=url,
+                        username=s["admin_user"],
+                        password=self.runtime.secret("admin_secret_file"),
+                        realm_name=s["realm"],
+                        user_realm_name=s.get("admin_realm", "master"),
+                        client_id=s.get("admin_client_id", "admin-cli"),
+                        verify=verify,
+                        timeout=30,
+                    )
                 self._admin.get_realm(s["realm"])
             except (KeycloakError, OSError) as exc:
                 self._admin = None
+                who = (f"client {s['client_id']}" if s.get("client_id")
+                       else f"admin {s.get('admin_user')}")
                 raise ServiceUnavailable(
-                    f"Keycloak's admin API at {s['url']} refused or did not answer "
+                    f"Keycloak's admin API at {s['url']} refused {who} or did not answer "
                     f"({type(exc).__name__}: {_short(exc)})") from None
         return self._admin
 

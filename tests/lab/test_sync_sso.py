@@ -43,3 +43,21 @@ def test_suspension_refuses_refresh_tokens_at_once(lab, throwaway_directory, coo
     assert refresh(lab, other_tokens["refresh_token"]).status_code == 200  # others keep theirs
     assert uid not in sync.connectors(["sso"])["sso"].observe().accounts
     assert sync.plan(["sso"], [uid, other]).changes() == []
+
+
+def test_connector_uses_the_coopctl_client_or_an_admin_password(lab, coopctl_config, tmp_path):
+    """The lab's config names the realm's confidential client (no master admin); a config
+    written before that client existed (admin_user + admin_secret_file) still works."""
+    import yaml
+
+    data = yaml.safe_load(coopctl_config.read_text())
+    sso = data["services"]["sso"]
+    assert sso["client_id"] == "coopctl" and "admin_user" not in sso
+    assert Sync(load(coopctl_config)).connectors(["sso"])["sso"].admin() is not None
+    data["services"]["sso"] = {"url": sso["url"], "realm": sso["realm"], "admin_user": "admin",
+                               "admin_secret_file": str(lab.state_dir / "secrets" /
+                                                        "keycloak_admin")}
+    legacy = tmp_path / "legacy.yml"
+    legacy.write_text(yaml.safe_dump(data))
+    connector = Sync(load(legacy)).connectors(["sso"])["sso"]
+    assert isinstance(connector.observe().sessions, dict)

@@ -53,5 +53,8 @@ def test_keycloak_management_port_local(host: Any, hostvars: dict[str, Any]) -> 
     if "sso_servers" not in hostvars.get("group_names", []):
         pytest.skip(f"{NOT_APPLICABLE}: not an SSO host")
     public = [s for s in host.socket.get_listening_sockets()
-              if s.endswith(":9000") and not s.startswith(("tcp://127.", "tcp://[::1]"))]
+              if s.endswith(":9000")
+              # Java's dual-stack sockets show 127.0.0.1 as ::ffff:127.0.0.1.
+              and not s.startswith(("tcp://127.", "tcp://[::1]", "tcp://::1:",
+                                    "tcp://::ffff:127."))]
     assert not public, f"port 9000 listens on {', '.join(public)}"

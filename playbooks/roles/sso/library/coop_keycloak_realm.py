@@ -22,6 +22,12 @@ description:
   - Talks to Keycloak's admin REST API (C(/admin/realms/...)) with a token of the master realm's
     admin (client C(admin-cli), password grant). Every object is read first and written only when it
     differs from the declaration, so a second run changes nothing.
+  - In the master realm, when the permanent admin cannot log in yet, logs in as the bootstrap
+    admin, creates the permanent one (password in the request body) with the master realm's admin
+    role, then deletes the bootstrap admin. Applies C(master_settings) (brute-force protection) and
+    the events configuration to master as to the coop's realm.
+  - Service clients are confidential clients with a service account whose roles of the realm's
+    C(realm-management) client are exactly the declared ones.
   - Realm: C(POST /admin/realms) when missing, else C(PUT /admin/realms/REALM) with the declared
     attributes when one of them differs.
   - LDAP federation: a component with providerId C(ldap), providerType
@@ -37,6 +43,18 @@ options:
   ca_path: {description: CA file that signed Keycloak's certificate., type: path}
   admin_user: {description: Admin of the master realm., type: str, required: true}
   admin_password: {description: Its password., type: str, required: true, no_log: true}
+  bootstrap_user: {description: Temporary bootstrap admin., type: str, default: bootstrap-admin}
+  bootstrap_password: {description: Its one-time password (first install)., type: str, no_log: true}
+  master_settings: {description: Attributes of the master realm., type: dict, default: {}}
+  events:
+    description: >-
+      Events of both realms: listeners (list) and expiration (seconds). Omit to leave them alone.
+    type: dict
+  service_clients:
+    description: Client representations with serviceAccountsEnabled plus roles (realm-management).
+    type: list
+    elements: dict
+    default: []
   realm: {description: Name of the realm., type: str, required: true}
   realm_settings: {description: Other top-level attributes of the realm., type: dict, default: {}}
   ldap:
@@ -77,6 +95,7 @@ class Api:
         self.ctx = ssl.create_default_context(cafile=ca_path) if ca_path else None
         self.timeout = timeout
         self.token = None
+        self.credentials = None
 
     def _open(self, method, path, body=None, form=None, query=None):
         url = self.base + path
@@ -107,36 +126,47 @@ class Api:
 
     def call(self, method, path, body=None, query=None, ok=(200, 201, 204)):
         status, payload, headers = self._open(method, path, body=body, query=query)
+        if status == 401 and self.credentials:
+            # The admin token lives 60 s: on a slow host a run outlives it; log in again.
+            self.try_login(*self.credentials)
+            status, payload, headers = self._open(method, path, body=body, query=query)
         if status not in ok:
             raise KeycloakError(f"{method} {path}: HTTP {status}: {payload}")
         return status, payload, headers
 
-    def login(self, user, password, wait_timeout):
+    def wait(self, wait_timeout):
+        """Until the master realm's token endpoint answers at all (Keycloak is up)."""
         deadline = time.monotonic() + wait_timeout
         last = None
         while True:
             try:
-                status, payload, _ = self._open(
-                    "POST",
-                    "/realms/master/protocol/openid-connect/token",
-                    form={
-                        "grant_type": "password",
-                        "client_id": "admin-cli",
-                        "username": user,
-                        "password": password,
-                    },
-                )
-                if status == 200:
-                    self.token = payload["access_token"]
-                    return
-                last = f"HTTP {status}: {payload}"
-                if status in (400, 401):
-                    raise KeycloakError(f"admin login refused: {last}")
+                self._open("GET", "/realms/master/.well-known/openid-configuration")
+                return
             except (urllib.error.URLError, OSError) as err:
                 last = str(err)
             if time.monotonic() > deadline:
                 raise KeycloakError(f"Keycloak did not answer at {self.base}: {last}")
             time.sleep(3)
+
+    def try_login(self, user, password):
+        """Log in as an admin of the master realm; False if the credentials are refused."""
+        status, payload, _ = self._open(
+            "POST",
+            "/realms/master/protocol/openid-connect/token",
+            form={
+                "grant_type": "password",
+                "client_id": "admin-cli",
+                "username": user,
+                "password": password,
+            },
+        )
+        if status == 200:
+            self.token = payload["access_token"]
+            self.credentials = (user, password)
+            return True
+        if status in (400, 401):
+            return False
+        raise KeycloakError(f"admin login: HTTP {status}: {payload}")
 
 
 def _as_list_config(config):
@@ -187,8 +217,10 @@ class Realm:
         self.changes.append(what)
 
     # -- realm ---------------------------------------------------------------------------------
-    def ensure_realm(self):
-        settings = dict(self.module.params["realm_settings"] or {})
+    def ensure_realm(self, settings=None):
+        if settings is None:
+            settings = self.module.params["realm_settings"]
+        settings = dict(settings or {})
         settings.setdefault("enabled", True)
         status, current, _ = self.api.call("GET", self.path, ok=(200, 404))
         if status == 404:
@@ -315,7 +347,10 @@ class Realm:
                 body["secret"] = spec["secret"]
             body["protocolMappers"] = spec.get("protocol_mappers") or []
             self.api.call("POST", self.path + "/clients", body=body)
-            return
+            _, found, _ = self.api.call(
+                "GET", self.path + "/clients", query={"clientId": client_id}
+            )
+            return found[0]["id"]
         current = found[0]
         cpath = self.path + "/clients/" + current["id"]
         diff = _differs(current, desired)
@@ -347,6 +382,122 @@ class Realm:
                     self.api.call(
                         "PUT", cpath + "/protocol-mappers/models/" + have["id"], body=body
                     )
+        return current["id"]
+
+    def ensure_service_roles(self, client_uuid, client_id, roles):
+        """The client's service account holds exactly these roles of realm-management."""
+        if client_uuid is None:
+            return
+        _, user, _ = self.api.call(
+            "GET", self.path + "/clients/" + client_uuid + "/service-account-user"
+        )
+        _, rm, _ = self.api.call(
+            "GET", self.path + "/clients", query={"clientId": "realm-management"}
+        )
+        rm_id = rm[0]["id"]
+        mpath = self.path + "/users/" + user["id"] + "/role-mappings/clients/" + rm_id
+        _, have, _ = self.api.call("GET", mpath)
+        have = {r["name"]: r for r in have or []}
+        add = [r for r in roles if r not in have]
+        drop = [have[r] for r in sorted(have) if r not in roles]
+        if add:
+            self.changed(f"client {client_id} service account roles added: {', '.join(add)}")
+            if not self.check:
+                reps = []
+                for name in add:
+                    _, rep, _ = self.api.call(
+                        "GET", self.path + "/clients/" + rm_id + "/roles/"
+                        + urllib.parse.quote(name, safe="")
+                    )
+                    reps.append(rep)
+                self.api.call("POST", mpath, body=reps)
+        if drop:
+            self.changed(f"client {client_id} service account roles removed: "
+                         f"{', '.join(r['name'] for r in drop)}")
+            if not self.check:
+                self.api.call("DELETE", mpath, body=drop)
+
+    # -- events --------------------------------------------------------------------------------
+    def ensure_events(self, events):
+        """Login and admin events stored (with a retention) and sent to the listeners."""
+        if self.realm_id is None:
+            self.changed(f"realm {self.name} events configured")
+            return
+        desired = {
+            "eventsEnabled": True,
+            "eventsExpiration": int(events["expiration"]),
+            "eventsListeners": list(events["listeners"]),
+            "adminEventsEnabled": True,
+            # Representations may carry secrets (a client's, an LDAP bind password): off.
+            "adminEventsDetailsEnabled": False,
+        }
+        _, current, _ = self.api.call("GET", self.path + "/events/config")
+        diff = _differs(current or {}, desired)
+        if diff:
+            self.changed(f"realm {self.name} events updated: {', '.join(sorted(diff))}")
+            if not self.check:
+                body = dict(current or {})
+                body.update(desired)
+                self.api.call("PUT", self.path + "/events/config", body=body)
+
+
+class Master(Realm):
+    """The master realm: its permanent admin, no bootstrap admin, brute force, events."""
+
+    def __init__(self, module, api):
+        super().__init__(module, api)
+        self.name = "master"
+        self.path = "/admin/realms/master"
+
+    def _user(self, username):
+        _, found, _ = self.api.call(
+            "GET", self.path + "/users", query={"username": username, "exact": "true"}
+        )
+        return found[0] if found else None
+
+    def login(self, admin_user, admin_password, bootstrap_user, bootstrap_password):
+        """Log in as the permanent admin, creating it first through the bootstrap admin."""
+        if self.api.try_login(admin_user, admin_password):
+            return
+        if not bootstrap_password or not self.api.try_login(bootstrap_user, bootstrap_password):
+            raise KeycloakError(
+                f"neither the admin {admin_user} nor the bootstrap admin {bootstrap_user} "
+                "could log in to the master realm"
+            )
+        self.changed(f"master admin {admin_user} created")
+        if self.check:
+            return
+        self.api.call("POST", self.path + "/users", body={
+            "username": admin_user,
+            "enabled": True,
+            "credentials": [{"type": "password", "value": admin_password, "temporary": False}],
+        })
+        user = self._user(admin_user)
+        _, role, _ = self.api.call("GET", self.path + "/roles/admin")
+        self.api.call(
+            "POST", self.path + "/users/" + user["id"] + "/role-mappings/realm", body=[role]
+        )
+        if not self.api.try_login(admin_user, admin_password):
+            raise KeycloakError(f"the new admin {admin_user} cannot log in")
+
+    def ensure_permanent(self, admin_user, bootstrap_user):
+        """No temporary admin left: delete the bootstrap one, make ours permanent."""
+        if self.check and self.api.token is None:
+            return
+        bootstrap = self._user(bootstrap_user) if bootstrap_user != admin_user else None
+        if bootstrap is not None:
+            self.changed(f"bootstrap admin {bootstrap_user} deleted")
+            if not self.check:
+                self.api.call("DELETE", self.path + "/users/" + bootstrap["id"])
+        admin = self._user(admin_user)
+        attributes = dict((admin or {}).get("attributes") or {})
+        # An admin created as the bootstrap admin by an earlier version of this role.
+        if attributes.pop("is_temporary_admin", None) is not None:
+            self.changed(f"master admin {admin_user} made permanent")
+            if not self.check:
+                body = dict(admin)
+                body["attributes"] = attributes
+                self.api.call("PUT", self.path + "/users/" + admin["id"], body=body)
 
 
 def main():
@@ -356,6 +507,12 @@ def main():
             "ca_path": {"type": "path"},
             "admin_user": {"type": "str", "required": True},
             "admin_password": {"type": "str", "required": True, "no_log": True},
+            "bootstrap_user": {"type": "str", "default": "bootstrap-admin"},
+            "bootstrap_password": {"type": "str", "no_log": True},
+            "master_settings": {"type": "dict", "default": {}},
+            "events": {"type": "dict"},
+            "service_clients": {"type": "list", "elements": "dict", "default": [],
+                                "no_log": False},
             "realm": {"type": "str", "required": True},
             "realm_settings": {"type": "dict", "default": {}},
             "ldap": {"type": "dict", "no_log": False},
@@ -365,7 +522,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    secrets = [c.get("secret") for c in params["clients"] if c.get("secret")]
+    secrets = [c.get("secret") for c in params["clients"] + params["service_clients"]
+               if c.get("secret")]
     if params["ldap"] and params["ldap"].get("bind_credential"):
         secrets.append(params["ldap"]["bind_credential"])
     module.no_log_values.update(s for s in secrets if s)
@@ -375,12 +533,26 @@ def main():
     try:
         api = Api(params["url"], params["ca_path"])
         realm = Realm(module, api)
-        api.login(params["admin_user"], params["admin_password"], params["wait_timeout"])
+        master = Master(module, api)
+        api.wait(params["wait_timeout"])
+        master.login(params["admin_user"], params["admin_password"],
+                     params["bootstrap_user"], params["bootstrap_password"])
+        master.ensure_permanent(params["admin_user"], params["bootstrap_user"])
+        master.ensure_realm(params["master_settings"])
+        if params["events"]:
+            master.ensure_events(params["events"])
+        realm.changes = master.changes  # one list of what changed, master's first
         realm.ensure_realm()
+        if params["events"]:
+            realm.ensure_events(params["events"])
         if params["ldap"]:
             result["ldap_id"] = realm.ensure_ldap(params["ldap"])
         for client in params["clients"]:
             realm.ensure_client(client)
+        for client in params["service_clients"]:
+            spec = {k: v for k, v in client.items() if k != "roles"}
+            uuid = realm.ensure_client(spec)
+            realm.ensure_service_roles(uuid, client["clientId"], client.get("roles") or [])
     except (KeycloakError, OSError, ValueError, KeyError) as err:
         module.fail_json(msg=f"{type(err).__name__}: {err}", changes=realm.changes if realm else [])
     result["changes"] = realm.changes

@@ -1,0 +1,314 @@
+"""Issue 9, single sign-on: Keycloak's admin door, its admins, events and clients on the lab.
+
+Everything talks to the real Keycloak on `dir` (behind the sso role's nginx front) over HTTPS
+checked against the lab CA: from the controller, which is the lab's admin network
+(sso_admin_networks), and from `apps`, a member-facing host that is not.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+import socket
+import urllib.parse
+
+import pytest
+import requests
+
+from tests.lab.test_sso import (
+    HOSTNAME,
+    REALM,
+    TEST_CLIENT,
+    claims,
+    loopback_only,
+    password_grant,
+    session,
+)
+
+pytestmark = pytest.mark.lab
+
+PUBLIC = f"https://{HOSTNAME}:8443"
+
+
+def base(lab) -> str:
+    return f"https://{lab.addresses['dir']}:8443"
+
+
+def status_from(host, url: str) -> int:
+    """HTTP status of GET url, as seen from a lab host (its own python3, no proxy)."""
+    script = (
+        "import ssl, sys, urllib.request, urllib.error\n"
+        "ctx = ssl._create_unverified_context()\n"
+        "try:\n"
+        f"    print(urllib.request.urlopen({url!r}, context=ctx, timeout=20).status)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code)\n"
+    )
+    return int(host.check_output(f"python3 -c {_quote(script)}").strip())
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def client_token(lab, client_id: str, secret_name: str) -> str:
+    r = session(lab).post(
+        f"{base(lab)}/realms/{REALM}/protocol/openid-connect/token",
+        data={"grant_type": "client_credentials", "client_id": client_id,
+              "client_secret": lab.secret(secret_name)},
+        timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+def admin_token(lab) -> str:
+    r = session(lab).post(
+        f"{base(lab)}/realms/master/protocol/openid-connect/token",
+        data={"grant_type": "password", "client_id": "admin-cli", "username": "admin",
+              "password": lab.secret("keycloak_admin")},
+        timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+def api(lab, token: str) -> requests.Session:
+    s = session(lab)
+    s.headers["Authorization"] = f"Bearer {token}"
+    return s
+
+
+@pytest.fixture(scope="module")
+def audit(lab) -> requests.Session:
+    return api(lab, client_token(lab, "coopctl-audit", "keycloak_audit_client"))
+
+
+def test_admin_paths_refused_from_a_member_host(lab):
+    apps = lab.host("apps")
+    dir_ip = lab.addresses["dir"]
+    for path in ("/admin/", "/admin/master/console/", "/realms/master/",
+                 "/realms/master/.well-known/openid-configuration",
+                 f"/admin/realms/{REALM}/users", "/realms/Master/%2e/account",
+                 "//admin/", "/realms/master;x/.well-known/openid-configuration",
+                 "/realms/%6daster/.well-known/openid-configuration"):
+        assert status_from(apps, f"https://{dir_ip}:8443{path}") == 403, path
+    # The coop's realm stays public.
+    url = f"https://{dir_ip}:8443/realms/{REALM}/.well-known/openid-configuration"
+    assert status_from(apps, url) == 200
+
+
+def test_admin_paths_reachable_from_the_admin_network(lab):
+    s = session(lab)
+    r = s.get(f"{base(lab)}/realms/master/.well-known/openid-configuration", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["issuer"] == f"{PUBLIC}/realms/master"
+    console = s.get(f"{base(lab)}/admin/master/console/", timeout=30)
+    assert console.status_code == 200 and "<html" in console.text.lower()
+
+
+def test_keycloak_and_its_management_port_listen_on_loopback_only(lab):
+    host = lab.host("dir")
+    assert loopback_only(host, 8080) and loopback_only(host, 9000), (
+        host.socket.get_listening_sockets())
+    health = host.check_output(
+        "python3 -c 'import urllib.request;"
+        "print(urllib.request.urlopen(\"http://127.0.0.1:9000/health/ready\").read().decode())'")
+    assert '"UP"' in health
+    # And from another lab host, 9000 does not answer at all.
+    dir_ip = lab.addresses["dir"]
+    probe = lab.host("apps").run(
+        f"python3 -c 'import socket; socket.create_connection((\"{dir_ip}\", 9000), timeout=5)'")
+    assert probe.rc != 0 and ("refused" in probe.stderr.lower() or "timed out" in probe.stderr)
+    with pytest.raises(OSError):
+        socket.create_connection((lab.addresses["dir"], 9000), timeout=5).close()
+
+
+def test_bootstrap_admin_gone_and_the_permanent_admin_works(lab):
+    s = api(lab, admin_token(lab))  # the permanent admin (secret keycloak_admin) logs in
+    users = s.get(f"{base(lab)}/admin/realms/master/users", params={"briefRepresentation": "false"},
+                  timeout=30)
+    assert users.status_code == 200, users.text
+    names = {u["username"]: u for u in users.json()}
+    assert "bootstrap-admin" not in names, names.keys()
+    assert "admin" in names
+    temporary = [n for n, u in names.items() if "is_temporary_admin" in (u.get("attributes") or {})]
+    assert temporary == [], temporary
+    # Nothing of the bootstrap admin on the host: no file, not in the JVM's environment.
+    host = lab.host("dir")
+    assert not host.file("/etc/keycloak/bootstrap-admin.env").exists
+    pid = host.check_output("systemctl show -p MainPID --value keycloak")
+    environ = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    assert "KC_BOOTSTRAP_ADMIN" not in environ
+    assert "KC_HOSTNAME=" in environ  # the environment was read at all
+
+
+def test_master_realm_locks_out_after_repeated_failures(lab):
+    """Brute-force detection is on in master: after 5 wrong passwords even the right one is
+    refused (temporary lockout). A throwaway master user, deleted afterwards."""
+    s = api(lab, admin_token(lab))
+    realm = s.get(f"{base(lab)}/admin/realms/master", timeout=30).json()
+    assert realm["bruteForceProtected"] is True and realm["permanentLockout"] is False
+    name, password = f"bftest{secrets.token_hex(3)}", secrets.token_urlsafe(18)
+    created = s.post(f"{base(lab)}/admin/realms/master/users", json={
+        "username": name, "enabled": True,
+        "credentials": [{"type": "password", "value": password, "temporary": False}]},
+        timeout=30)
+    assert created.status_code == 201, created.text
+    user_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+    try:
+        def login(pw: str) -> requests.Response:
+            return session(lab).post(
+                f"{base(lab)}/realms/master/protocol/openid-connect/token",
+                data={"grant_type": "password", "client_id": "admin-cli", "username": name,
+                      "password": pw}, timeout=30)
+
+        assert login(password).status_code == 200
+        for _ in range(5):
+            wrong = login(password + "x")
+            assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+        locked = login(password)  # the right password, refused while locked
+        assert locked.status_code == 400 and locked.json()["error"] == "invalid_grant", locked.text
+        state = s.get(f"{base(lab)}/admin/realms/master/attack-detection/brute-force/users/"
+                      f"{user_id}", timeout=30).json()
+        assert state["disabled"] is True and state["numFailures"] >= 1, state
+    finally:
+        s.delete(f"{base(lab)}/admin/realms/master/users/{user_id}", timeout=30)
+
+
+def test_events_on_in_both_realms(lab, audit):
+    s = api(lab, admin_token(lab))
+    for realm in ("master", REALM):
+        config = s.get(f"{base(lab)}/admin/realms/{realm}/events/config", timeout=30).json()
+        assert config["eventsEnabled"] and config["adminEventsEnabled"], (realm, config)
+        assert config["eventsExpiration"] > 0, config
+        assert "jboss-logging" in config["eventsListeners"], config
+    coop = audit.get(f"{base(lab)}/admin/realms/{REALM}", timeout=30).json()
+    # Throttling, never a permanent lockout a stranger could inflict on a member.
+    assert coop["bruteForceProtected"] is True and coop["permanentLockout"] is False
+    assert coop["maxFailureWaitSeconds"] <= 300, coop["maxFailureWaitSeconds"]
+
+
+def test_failed_login_is_recorded_and_logged(lab, audit, throwaway_directory):
+    directory = throwaway_directory(prefix="ssoevt", given_name="Sso", services=("sso",))
+    uid, _, password = directory.member()
+    host = lab.host("dir")
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    assert password_grant(lab, uid, password + "x").status_code == 400
+    events = audit.get(f"{base(lab)}/admin/realms/{REALM}/events",
+                       params={"type": "LOGIN_ERROR", "client": TEST_CLIENT, "max": 50},
+                       timeout=30)
+    assert events.status_code == 200, events.text
+    mine = [e for e in events.json() if (e.get("details") or {}).get("username") == uid]
+    assert mine, events.json()[:3]
+    # The client's own address (nginx's X-Forwarded-For), not the proxy's loopback.
+    assert mine[0]["ipAddress"] == lab.cfg.bridge_ip, mine[0]
+    journal = host.check_output(f"journalctl -u keycloak --since '{since}' --no-pager -o cat")
+    lines = [line for line in journal.splitlines()
+             if 'type="LOGIN_ERROR"' in line and uid in line]
+    assert lines, journal[-2000:]
+    assert password not in journal
+
+
+def test_audit_client_reads_but_cannot_write(lab, audit, throwaway_directory):
+    directory = throwaway_directory(prefix="ssoaud", given_name="Sso", services=("sso",))
+    uid, _, password = directory.member()
+    assert password_grant(lab, uid, password).status_code == 200  # a live session
+    url = f"{base(lab)}/admin/realms/{REALM}"
+    users = audit.get(f"{url}/users", params={"username": uid, "exact": "true"}, timeout=30)
+    assert users.status_code == 200 and [u["username"] for u in users.json()] == [uid], users.text
+    stats = audit.get(f"{url}/client-session-stats", timeout=30)
+    assert stats.status_code == 200, stats.text
+    client = next(c for c in stats.json() if c["clientId"] == TEST_CLIENT)
+    sessions = audit.get(f"{url}/clients/{client['id']}/user-sessions", timeout=30)
+    assert sessions.status_code == 200, sessions.text
+    mine = [x for x in sessions.json() if x["username"] == uid]
+    assert mine, sessions.json()
+    assert audit.get(f"{url}/clients", timeout=30).status_code == 200
+    # Every write is refused.
+    assert audit.post(f"{url}/users", json={"username": f"x{uid}", "enabled": True},
+                      timeout=30).status_code == 403
+    assert audit.delete(f"{url}/sessions/{mine[0]['id']}", timeout=30).status_code == 403
+    assert audit.put(url, json={"displayName": "pwned"}, timeout=30).status_code == 403
+    # The master realm is not its business either.
+    assert audit.get(f"{base(lab)}/admin/realms/master/users", timeout=30).status_code == 403
+    # The session survived the refused delete.
+    after = audit.get(f"{url}/clients/{client['id']}/user-sessions", timeout=30).json()
+    assert mine[0]["id"] in {x["id"] for x in after}
+
+
+def test_coopctl_client_can_end_sessions_but_not_touch_the_realm(lab, throwaway_directory):
+    """manage-users (needed to delete a session) is the only write role it has: it cannot
+    change the realm, its clients, or read the events."""
+    directory = throwaway_directory(prefix="ssocli", given_name="Sso", services=("sso",))
+    uid, _, password = directory.member()
+    assert password_grant(lab, uid, password).status_code == 200
+    s = api(lab, client_token(lab, "coopctl", "keycloak_coopctl_client"))
+    url = f"{base(lab)}/admin/realms/{REALM}"
+    client = next(c for c in s.get(f"{url}/client-session-stats", timeout=30).json()
+                  if c["clientId"] == TEST_CLIENT)
+    mine = [x for x in s.get(f"{url}/clients/{client['id']}/user-sessions", timeout=30).json()
+            if x["username"] == uid]
+    assert mine
+    assert s.put(url, json={"displayName": "pwned"}, timeout=30).status_code == 403
+    assert s.post(f"{url}/clients", json={"clientId": f"x{uid}"}, timeout=30).status_code == 403
+    assert s.get(f"{url}/events", timeout=30).status_code == 403
+    assert s.get(f"{base(lab)}/admin/realms/master/users", timeout=30).status_code == 403
+    assert s.delete(f"{url}/sessions/{mine[0]['id']}", timeout=30).status_code == 204
+
+
+def test_authorization_code_login_through_the_wiki_client(lab, throwaway_directory):
+    """A browser's login, by hand: auth endpoint, login form, redirect with a code to the
+    wiki's own name (as its certificate has it), code exchanged with the client's secret."""
+    directory = throwaway_directory(prefix="ssocode", given_name="Sso", services=("sso",))
+    uid, _, password = directory.member()
+    s = session(lab)
+    redirect_uri = "https://wiki.demo.coop/doku.php"
+    state, nonce = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    auth = f"{base(lab)}/realms/{REALM}/protocol/openid-connect/auth"
+    page = s.get(auth, params={"client_id": "wiki", "response_type": "code", "scope": "openid",
+                               "redirect_uri": redirect_uri, "state": state, "nonce": nonce},
+                 timeout=30)
+    assert page.status_code == 200, page.text[:500]
+    action = html.unescape(re.search(r'<form[^>]+id="kc-form-login"[^>]+action="([^"]+)"',
+                                     page.text).group(1))
+    # The form posts to the public name; the controller reaches it by address (same cert).
+    assert action.startswith(f"{PUBLIC}/realms/{REALM}/login-actions/authenticate"), action
+    action = action.replace(PUBLIC, base(lab), 1)
+    posted = s.post(action, data={"username": uid, "password": password, "credentialId": ""},
+                    allow_redirects=False, timeout=30)
+    assert posted.status_code == 302, posted.text[:500]
+    location = posted.headers["Location"]
+    assert location.startswith(redirect_uri + "?"), location
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    assert query["state"] == [state]
+    assert query["iss"] == [f"{PUBLIC}/realms/{REALM}"]
+    tokens = s.post(f"{base(lab)}/realms/{REALM}/protocol/openid-connect/token", data={
+        "grant_type": "authorization_code", "code": query["code"][0],
+        "redirect_uri": redirect_uri, "client_id": "wiki",
+        "client_secret": lab.secret("oidc_wiki")}, timeout=30)
+    assert tokens.status_code == 200, tokens.text
+    ident = claims(tokens.json()["id_token"])
+    assert ident["iss"] == f"{PUBLIC}/realms/{REALM}"
+    assert ident["aud"] == "wiki" and ident["nonce"] == nonce
+    assert ident["preferred_username"] == uid
+    info = s.get(f"{base(lab)}/realms/{REALM}/protocol/openid-connect/userinfo",
+                 headers={"Authorization": f"Bearer {tokens.json()['access_token']}"}, timeout=30)
+    assert info.status_code == 200 and info.json()["sub"] == ident["sub"], info.text
+    # A code is good once.
+    again = s.post(f"{base(lab)}/realms/{REALM}/protocol/openid-connect/token", data={
+        "grant_type": "authorization_code", "code": query["code"][0],
+        "redirect_uri": redirect_uri, "client_id": "wiki",
+        "client_secret": lab.secret("oidc_wiki")}, timeout=30)
+    assert again.status_code == 400
+
+
+def test_redirect_uris_name_the_sites_not_the_apps_host(lab):
+    s = session(lab)
+    auth = f"{base(lab)}/realms/{REALM}/protocol/openid-connect/auth"
+    for client in ("wiki", "pads", "cloud"):
+        ok = s.get(auth, params={"client_id": client, "response_type": "code", "scope": "openid",
+                                 "redirect_uri": f"https://{client}.demo.coop/x"}, timeout=30)
+        assert ok.status_code == 200 and "kc-form-login" in ok.text, (client, ok.status_code)
+        old = s.get(auth, params={"client_id": client, "response_type": "code", "scope": "openid",
+                                  "redirect_uri": "https://apps.demo.coop/x"}, timeout=30)
+        assert old.status_code == 400 and "redirect_uri" in old.text, (client, old.status_code)
