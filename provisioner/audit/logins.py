@@ -133,7 +133,8 @@ def audit_sso(report: AuditReport, members: list[Member], base_url: str, realm: 
 def audit_pads(report: AuditReport, base_url: str, api_key: str, ca_file: Path,
                host_header: str) -> None:
     try:
-        answer = requests.get(f"{base_url}/api/1.2.15/checkToken", params={"apikey": api_key},
+        # The key in the POST body: in a URL it would land in access logs.
+        answer = requests.post(f"{base_url}/api/1.2.15/checkToken", data={"apikey": api_key},
                               headers={"Host": host_header}, verify=str(ca_file), timeout=30)
         code = answer.json().get("code")
     except (requests.RequestException, ValueError) as exc:

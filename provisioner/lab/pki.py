@@ -1,9 +1,12 @@
 """The lab's certificate authority and one TLS certificate per host.
 
 Services in the lab speak TLS exactly as in production (StartTLS to LDAP, IMAPS, HTTPS), so
-each host gets a certificate whose SANs are its FQDN, short name and IP, signed by a lab CA
-that tests and ``coopctl`` trust through ``pki/ca.crt``. Files are created once and kept, so a
-resumed ``up`` does not change certificates under running services.
+each host gets a certificate whose SANs are its FQDN, short name and IP, plus every public name
+it serves (``published_names``: the apps host carries ``wiki.``, ``pads.`` and
+``cloud.<domain>``, the SSO host ``sso.<domain>``), signed by a lab CA that tests and ``coopctl``
+trust through ``pki/ca.crt``. Files are created once and kept, so a resumed ``up`` does not
+change certificates under running services; a certificate that lacks a name the lab now needs
+(one made before a site was added) is issued again, and the next deploy puts it in place.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -18,9 +22,38 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioner.lab.config import LabConfig
+from provisioner.lab.config import GROUPS, LabConfig
 
 VALIDITY = dt.timedelta(days=825)
+#: Public sites (first label of their name) of each inventory group: the host that carries the
+#: group serves them on its certificate (nginx's virtual hosts, Keycloak's public name).
+SITES = {
+    "wiki_servers": ("wiki",),
+    "pads_servers": ("pads",),
+    "cloud_servers": ("cloud",),
+    "sso_servers": ("sso",),
+}
+
+
+def published_names(short: str, domain: str) -> list[str]:
+    """The public site names host `short` serves, from the lab's groups (``pads.demo.coop``...)."""
+    return [
+        f"{site}.{domain}"
+        for group, host in GROUPS.items()
+        if host == short
+        for site in SITES.get(group, ())
+    ]
+
+
+def cert_names(cert: x509.Certificate) -> set[str]:
+    """Every DNS name and IP address in the certificate's SANs, as text."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {n.lower() for n in san.get_values_for_type(x509.DNSName)} | {
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    }
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -89,11 +122,26 @@ def ensure_ca(pki: Path, coop: str = "demo") -> tuple[x509.Certificate, rsa.RSAP
 
 
 def ensure_host_cert(
-    pki: Path, ca: x509.Certificate, ca_key: rsa.RSAPrivateKey, short: str, fqdn: str, ip: str
-) -> None:
+    pki: Path,
+    ca: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    short: str,
+    fqdn: str,
+    ip: str,
+    extra_names: Sequence[str] | None = None,
+) -> bool:
+    """HOST.crt/.key naming `fqdn`, `short`, `ip` and `extra_names` (default: the sites the
+    host serves, ``published_names``). An existing certificate is kept while it names all of
+    them and was signed by this CA; otherwise it is issued again. True when (re)issued."""
+    domain = fqdn.partition(".")[2]
+    extra = list(published_names(short, domain) if extra_names is None else extra_names)
+    names = list(dict.fromkeys([fqdn, short, *extra]))
     crt_path, key_path = pki / f"{short}.crt", pki / f"{short}.key"
     if crt_path.exists() and key_path.exists():
-        return
+        current = x509.load_pem_x509_certificate(crt_path.read_bytes())
+        wanted = {n.lower() for n in names} | {str(ipaddress.ip_address(ip))}
+        if wanted <= cert_names(current) and current.issuer == ca.subject:
+            return False
     key = _key()
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -107,11 +155,8 @@ def ensure_host_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(fqdn),
-                    x509.DNSName(short),
-                    x509.IPAddress(ipaddress.ip_address(ip)),
-                ]
+                [x509.DNSName(n) for n in names]
+                + [x509.IPAddress(ipaddress.ip_address(ip))]
             ),
             critical=False,
         )
@@ -129,6 +174,7 @@ def ensure_host_cert(
     )
     _write_private(key_path, _pem_key(key))
     crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return True
 
 
 def ensure_pki(cfg: LabConfig) -> None:
