@@ -22,6 +22,7 @@ LAZY_COMMANDS = {
     "sync": "provisioner.cli.sync:sync",
     "journal": "provisioner.cli.sync:journal",
     "audit": "provisioner.cli.audit:audit",
+    "watch": "provisioner.cli.watch:watch",
 }
 
 

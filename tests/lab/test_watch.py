@@ -1,0 +1,255 @@
+"""`coopctl watch` on the lab: a directory change reaches the real services by itself.
+
+One watcher process (`coopctl watch`, the real sync and connectors, run from the controller
+like `coopctl sync`) follows the lab's directory for the module; members are changed with
+coopctl's own commands and each effect is checked in the service: the welcome mail read over
+IMAP, the cloud account and quota through the OCS API, Dovecot's quota with doveadm, an open
+IMAP session cut. Latencies (LDAP write -> effect) are measured and printed, not asserted as
+times: their targets are compared in bench/bench_watch.py and docs/watch.md.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.lab.helpers import coopctl_connection
+from tests.lab.test_mail import imap
+from tests.lab.test_sync_lifecycle import cloud_user, inbox
+
+pytestmark = pytest.mark.lab
+
+COOPCTL = str(Path(sys.executable).with_name("coopctl"))
+PLAN = "watchplan"
+
+
+def coopctl(config: Path, *args: str, input: str | None = None) -> str:
+    result = subprocess.run([COOPCTL, "--config", str(config), *args], capture_output=True,
+                            text=True, timeout=600, input=input, check=False)
+    assert result.returncode == 0, f"coopctl {args}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def until(check: Callable[[], object], what: str, timeout: float = 120) -> float:
+    """Seconds until `check` holds (polled every 0.1 s); fails after `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if check():
+                return time.monotonic() - started
+        except (imaplib.IMAP4.error, OSError):
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"gave up waiting for: {what}")
+
+
+@pytest.fixture
+def watching(lab, coopctl_config: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[dict]:
+    plans = {p["name"] for p in json.loads(coopctl(coopctl_config, "plan", "list", "--json"))}
+    if PLAN not in plans:
+        coopctl(coopctl_config, "plan", "add", PLAN, "--mail-quota", "1 GB", "--cloud-quota",
+                "5 GB", "--price", "3", "--service", "mail", "--service", "cloud")
+    log = tmp_path_factory.mktemp("watch") / "watch.log"
+    with log.open("w") as out:  # a file, not a pipe nobody reads while it runs
+        process = subprocess.Popen([COOPCTL, "--config", str(coopctl_config), "watch",
+                                    "--full-sync-every", "0", "--heartbeat", "2s"],
+                                   stdout=out, stderr=subprocess.STDOUT, text=True)
+    status = {"config": coopctl_config, "created": []}
+
+    def streaming() -> bool:
+        shown = subprocess.run([COOPCTL, "--config", str(coopctl_config), "watch",
+                                "--status", "--json"], capture_output=True, text=True,
+                               check=False)
+        return shown.returncode == 0 and json.loads(shown.stdout)["state"] == "streaming"
+
+    try:
+        # the first start is a full sync of the lab's directory (no cookie yet)
+        until(lambda: process.poll() is None and streaming(), "the watcher streaming", 600)
+        yield status
+    finally:
+        process.terminate()
+        process.wait(timeout=150)
+        print(log.read_text()[-4000:])
+        left = (datetime.now(UTC) - timedelta(days=40)).strftime("%Y-%m-%d")
+        for uid in status["created"]:
+            coopctl(coopctl_config, "member", "depart", uid, "--on", left)
+        if status["created"]:
+            coopctl(coopctl_config, "sync", "--yes", "--force",
+                    *[x for uid in status["created"] for x in ("--member", uid)])
+        conn = coopctl_connection(lab)
+        try:
+            for uid in status["created"]:
+                conn.delete(f"uid={uid},ou=people,dc=demo,dc=coop")
+        finally:
+            conn.unbind()
+
+
+def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
+    config = watching["config"]
+    uid, password = f"watch{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    figures = {}
+
+    # New member -> welcome mail in their mailbox and cloud account, with no `coopctl sync`.
+    started = time.monotonic()
+    coopctl(config, "member", "add", "--given-name", "Wanda", "--family-name", "Watcher",
+            "--uid", uid, "--plan", PLAN, "--password-stdin", input=password + "\n")
+    watching["created"].append(uid)
+    until(lambda: inbox(lab, uid, password) and cloud_user(lab, uid), "mailbox + cloud")
+    figures["new member -> welcome mail + cloud account"] = time.monotonic() - started
+    assert cloud_user(lab, uid)["quota"]["quota"] == 5 * 1024**3
+
+    # Quota change -> visible in the cloud (and in Dovecot, which reads it from LDAP).
+    started = time.monotonic()
+    coopctl(config, "member", "modify", uid, "--mail-quota", "2 GB", "--cloud-quota", "10 GB")
+    until(lambda: cloud_user(lab, uid)["quota"]["quota"] == 10 * 1024**3, "the cloud quota")
+    figures["quota change -> cloud quota"] = time.monotonic() - started
+    quota = lab.host("mail").check_output(f"doveadm -f tab quota get -u {uid}")
+    assert str(2 * 1024 * 1024) in quota, quota
+
+    # Suspension -> an open IMAP session cut, the cloud account disabled.
+    session = imap(lab, uid, password)
+    session.select("INBOX")
+    started = time.monotonic()
+    coopctl(config, "member", "suspend", uid)
+
+    def cut() -> bool:
+        try:
+            session.noop()
+        except (imaplib.IMAP4.abort, imaplib.IMAP4.error, OSError):
+            return True
+        return False
+
+    until(cut, "the IMAP session cut")
+    figures["suspension -> IMAP session cut"] = time.monotonic() - started
+    until(lambda: cloud_user(lab, uid)["enabled"] is False, "the cloud account disabled")
+    figures["suspension -> cloud disabled"] = time.monotonic() - started
+
+    # Everything was done by the watcher, journalled like a sync's changes.
+    # (a batch journals each change when its service's part of the batch ends)
+    wanted = {("mail", "welcome"), ("cloud", "create"), ("cloud", "quota"), ("mail", "suspend"),
+              ("cloud", "suspend")}
+
+    def journalled() -> set[tuple[str, str]]:
+        records = json.loads(coopctl(config, "journal", "--member", uid, "--json"))
+        return {(r["service"], r["action"]) for r in records if r["result"] == "ok"}
+
+    until(lambda: wanted <= journalled(), "every change in the journal")
+    status = json.loads(coopctl(config, "watch", "--status", "--json"))
+    assert status["alert"] is None and status["connected"]
+    for what, seconds in figures.items():
+        print(f"latency {what}: {seconds:.2f} s (including coopctl's own start-up)")
+
+
+# -- the role: coopctl installed from wheels on the host `dir`, `coopctl watch` under systemd --
+
+ROLE_PLAY = """
+- name: coopctl watch on the directory's host (role watcher)
+  hosts: dir
+  become: true
+  gather_facts: false
+  roles:
+    - role: watcher
+"""
+
+
+def wheelhouse(directory: Path, python: str) -> Path:
+    """coopctl's wheel and its dependencies' for the host's Python (what a coop prepares)."""
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(directory),
+                    str(Path(__file__).resolve().parents[2])], check=True, timeout=600)
+    wheel = next(directory.glob("coopctl-*.whl"))
+    subprocess.run([*pip, "download", "-q", "-d", str(directory), "--only-binary=:all:",
+                    "--python-version", python, "--platform", "manylinux2014_x86_64",
+                    str(wheel)], check=True, timeout=600)
+    return directory
+
+
+def test_the_watcher_role_runs_it_as_a_hardened_service(lab, tmp_path: Path) -> None:
+    """The role on the lab's `dir` with a configuration without services (the connectors are
+    the first test's business): the stream as a service, its status, a slapd restart under it,
+    idempotence, and the unit's hardening."""
+    import yaml
+
+    from provisioner.ansible import deploy_playbook
+
+    host = lab.host("dir")
+    python = host.check_output("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
+    wheels = wheelhouse(tmp_path / "wheels", python)
+    config = tmp_path / "watcher.yaml"
+    config.write_text(yaml.safe_dump({
+        "coop": "demo",
+        # the name in the certificate: ldap3 on Python 3.12+ (Debian 13) cannot match an IP
+        "directory": {"uri": f"ldap://{lab.cfg.fqdn('dir')}", "tls": "starttls",
+                      "ca_file": "/etc/coopctl/ca.crt", "base_dn": "dc=demo,dc=coop",
+                      "bind_dn": "cn=coopctl,ou=services,dc=demo,dc=coop",
+                      "bind_secret_file": "/etc/coopctl/secrets/ldap_coopctl"},
+        "mail": {"domain": "demo.coop"},
+        "sync": {"state_dir": "/var/lib/coopctl/demo"},
+    }))
+    play = tmp_path / "watcher.yml"
+    play.write_text(ROLE_PLAY)
+    extravars = {
+        "watcher_wheel_dir": str(wheels), "watcher_config_src": str(config),
+        "watcher_heartbeat": "2s", "watcher_full_sync_every": "0",
+        "watcher_files": [
+            {"src": str(lab.ca_file), "dest": "/etc/coopctl/ca.crt", "mode": "0644"},
+            {"src": str(lab.cfg.secrets_dir / "ldap_coopctl"),
+             "dest": "/etc/coopctl/secrets/ldap_coopctl"}],
+    }
+
+    def deploy() -> dict:
+        recap = deploy_playbook(lab.inventory, lab_dir=lab.state_dir, playbook=str(play),
+                                extravars=extravars).as_dict()
+        assert not recap["failed"] and not recap["rc"], recap
+        return recap
+
+    def status() -> dict:
+        out = host.run("sudo -u coopctl COOPCTL_CONFIG=/etc/coopctl/coopctl.yaml "
+                       "/opt/coopctl/venv/bin/coopctl watch --status --json")
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+    try:
+        deploy()
+        service = host.service("coopctl-watch")
+        assert service.is_running and service.is_enabled
+        until(lambda: status().get("state") == "streaming", "the service streaming", 120)
+        assert deploy()["changed"] == 0  # idempotent
+        shown = host.check_output("systemctl show coopctl-watch -p NoNewPrivileges "
+                                  "-p ProtectSystem -p Restart -p User -p ReadWritePaths")
+        for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure",
+                     "User=coopctl", "ReadWritePaths=/var/lib/coopctl"):
+            assert line in shown, shown
+        # a change reaches it; slapd restarted under it: it reconnects and goes on
+        conn = coopctl_connection(lab)
+        before = status()["counters"]["batches"]
+        uid = f"watchrole{secrets.token_hex(3)}"
+        try:
+            assert conn.add(f"uid={uid},ou=people,dc=demo,dc=coop",
+                            ["inetOrgPerson", "coopMember"],
+                            {"cn": uid, "sn": uid, "mail": f"{uid}@demo.coop",
+                             "coopMemberStatus": "active"}), conn.result
+            until(lambda: status()["counters"]["batches"] > before, "the batch", 60)
+            host.run("systemctl restart slapd")
+            until(lambda: status()["counters"]["reconnects"] >= 1
+                  and status().get("connected"), "the reconnection", 120)
+            conn = coopctl_connection(lab)
+            assert conn.modify(f"uid={uid},ou=people,dc=demo,dc=coop",
+                               {"displayName": [("MODIFY_REPLACE", ["after restart"])]})
+            until(lambda: status()["counters"]["batches"] > before + 1, "the next batch", 60)
+        finally:
+            conn.delete(f"uid={uid},ou=people,dc=demo,dc=coop")
+            conn.unbind()
+        journal = host.check_output("journalctl -u coopctl-watch --no-pager -n 50")
+        assert "stream open" in journal and "batch:" in journal, journal
+    finally:
+        host.run("systemctl disable --now coopctl-watch")
