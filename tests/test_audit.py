@@ -209,14 +209,14 @@ def test_the_audit_reads_with_its_own_read_only_accounts() -> None:
     config = _config({"audit": {
         "directory": {"bind_dn": "cn=audit,ou=services,dc=demo,dc=coop",
                       "bind_secret_file": "/secrets/ldap_audit"},
-        "services": {"sso": {"client_id": "coop-audit",
+        "services": {"sso": {"client_id": "coopctl-audit",
                              "client_secret_file": "/secrets/keycloak_audit_client"}}}})
     reader, used = read_only_config(config)
     assert reader.directory.bind_dn == "cn=audit,ou=services,dc=demo,dc=coop"
     assert reader.directory.bind_secret_file == "/secrets/ldap_audit"
     assert reader.directory.uri == config.directory.uri  # same server, same TLS
     assert reader.directory.ca_file == config.directory.ca_file
-    assert reader.services["sso"]["client_id"] == "coop-audit"
+    assert reader.services["sso"]["client_id"] == "coopctl-audit"
     assert reader.services["sso"]["client_secret_file"].endswith("keycloak_audit_client")
     assert reader.services["pads"] == config.services["pads"]
     assert "read-only" in used["directory"] and "read-only" in used["sso"]

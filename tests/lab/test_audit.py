@@ -122,6 +122,10 @@ def test_the_audit_changes_nothing(lab, coop: Coop) -> None:
     result = audit(coop, "--format", "json", "--fail-on", "none")
     assert result.returncode == 0, result.stderr
     assert _state(lab, coop) == before
+    # It read with the read-only accounts (cn=audit, the view-only Keycloak client).
+    used = json.loads(result.stdout)["credentials"]
+    assert used["directory"] == "cn=audit,ou=services,dc=demo,dc=coop (read-only)"
+    assert used["sso"] == "read-only account (audit.services)"
 
 
 def check_outcome(lab, coop: Coop, name: str) -> str:
