@@ -20,6 +20,7 @@ from provisioner.lab.aptsources import DebianSources, host_sources
 from provisioner.lab.config import GROUPS, SUITES, LabConfig, LabError
 from provisioner.lab.hosts import Host, cgroup_hierarchies, is_mounted
 from provisioner.lab.lab import Lab
+from provisioner.lab.pki import published_names
 
 pytestmark = pytest.mark.lab
 
@@ -141,7 +142,12 @@ def test_pki_host_certificates_are_signed_by_the_lab_ca(lab_hosts):
             cert.signature_hash_algorithm,
         )
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert set(san.get_values_for_type(x509.DNSName)) == {name, f"{name}.demo.coop"}
+        # The host's own names and the public sites it serves (apps: wiki., pads., cloud.).
+        assert set(san.get_values_for_type(x509.DNSName)) == {
+            name, f"{name}.demo.coop", *published_names(name, "demo.coop")}
+        if name == "apps":
+            assert {"wiki.demo.coop", "pads.demo.coop", "cloud.demo.coop"} <= set(
+                san.get_values_for_type(x509.DNSName))
         assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [cfg.address(name)]
         assert (cfg.pki_dir / f"{name}.key").stat().st_mode & 0o077 == 0
 
