@@ -116,10 +116,11 @@ def submit(lab, member: dict, sender: str, rcpt: str, subject: str = "") -> tupl
     return code, reply.decode()
 
 
-def penalised(lab) -> set[str]:
-    """Client addresses Dovecot's anvil currently penalises (`doveadm penalty`)."""
+def penalised(lab) -> dict[str, str]:
+    """Client addresses Dovecot's anvil currently penalises (`doveadm penalty`), each with the
+    rest of its line (penalty, last penalty, last update)."""
     lines = lab.host("mail").check_output("doveadm penalty").splitlines()
-    return {line.split()[0] for line in lines[1:] if line.strip()}
+    return {line.split()[0]: " ".join(line.split()[1:]) for line in lines[1:] if line.strip()}
 
 
 def mail_log(lab, pattern: str) -> str:
@@ -206,13 +207,17 @@ def test_webmail_host_is_not_penalised_for_its_users_mistakes(lab, coop):
     gil, hoa = coop.member("gil"), coop.member("hoa")
     stranger, member_ip = "192.0.2.44", "192.0.2.45"  # the webmail's clients (TEST-NET-1)
     wrong = [secrets.token_urlsafe(12) for _ in range(2)]
+    # Another test may have left apps a penalty of its own (logins from apps that named no
+    # end client, e.g. the hosts' fail2ban flood): what matters is that this adds nothing.
+    apps_before = penalised(lab).get(lab.addresses["apps"])
     assert run_on(lab, "apps", REMOTE_IMAP, user=gil["uid"], passwords=wrong,
                   origin=stranger) == ["no", "no"]
     assert run_on(lab, "apps", REMOTE_IMAP, user=hoa["uid"], passwords=[hoa["password"]],
                   origin=member_ip) == ["ok"]
     penalties = penalised(lab)
     assert stranger in penalties, penalties  # the client the webmail named, ...
-    assert lab.addresses["apps"] not in penalties, penalties  # ... never the webmail host
+    # ... never the webmail host
+    assert penalties.get(lab.addresses["apps"]) == apps_before, penalties
     assert f"rip={stranger}" in mail_log(lab, f"auth failed.*{gil['uid']}")
 
 
