@@ -242,10 +242,29 @@ def test_slapd_dying_during_an_import_is_an_error_and_the_next_run_finishes(
     assert process.returncode == 6
 
     server.slapd.start()
-    result = server.run("member", "import", str(csv_file), "--part-size", "100")
-    assert result.returncode == 0, result.stderr
+    result = finish_despite_slapd_crashes(server, csv_file)
     assert "Finishing the import of" in result.stdout
     assert len(server.uids()) == 3000 and server.record() is None
+
+
+def finish_despite_slapd_crashes(server: Server,
+                                 csv_file: Path) -> subprocess.CompletedProcess[str]:
+    """Run the import again until it finishes, as the hint says, at most three times.
+
+    Debian 12's slapd, restarted after a SIGKILL in the middle of transactions, sometimes
+    dies again during a later commit (the server's bug, issue 8; on the coop's hosts systemd
+    restarts it). Each such run must still end in the clean error and leave a record that the
+    next run finishes: that, not slapd's stability, is what is tested here.
+    """
+    for _ in range(3):
+        result = server.run("member", "import", str(csv_file), "--part-size", "100")
+        if result.returncode == 0:
+            return result
+        assert_clean_error(result)
+        assert "the connection to the directory broke" in result.stderr, result.stderr
+        assert server.record() is not None  # what was committed is on record
+        server.settle_after_killed_client()
+    raise AssertionError("three runs did not finish the import: " + result.stderr[-2000:])
 
 
 def test_an_entry_refused_in_a_later_part_names_its_line(server: Server,

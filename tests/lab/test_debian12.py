@@ -3,7 +3,8 @@
 The session's own lab runs the release the lab defaults to (Debian 13, trixie). Coops upgrade
 at their own pace, so every role keeps working on Debian 12 (its `vars/Debian-12.yml`). This
 test boots a second lab of three bookworm hosts, deploys playbooks/site.yml on it, and runs the
-service tests below against it in a pytest session of their own, the way a developer would:
+service tests and the release-dependent security tests below against it in a pytest session of
+their own, the way a developer would:
 
     COOPCTL_LAB_SUITE=bookworm COOPCTL_LAB_NAME=lab12 COOPCTL_LAB_INDEX=2 \
         pytest tests/lab/test_mail.py ...
@@ -26,10 +27,12 @@ from provisioner.lab.config import default_suite
 LAB_TESTS = Path(__file__).resolve().parent
 ROOT = LAB_TESTS.parents[1]
 
-# What a Debian 12 coop needs to hold: each service answers and does its job, the deploy is
-# idempotent, and the security baseline holds (its test files join when they exist).
+# What a Debian 12 coop needs to hold: each service answers and does its job, and the security
+# controls whose configuration differs by release hold (slapd's TLS library is GnuTLS on 12 and
+# OpenSSL on 13; Dovecot 2.3 and 2.4; fail2ban's filters). Keycloak and nginx get the same
+# configuration on both releases (their security tests run on 13), and the lab's own mechanics
+# (test_lab.py) do not depend on the guests' release: left out to keep CI well within its time.
 SERVICE_TESTS = (
-    "test_lab.py",
     "test_openldap.py",
     "test_postgresql.py",
     "test_sso.py",
@@ -37,6 +40,9 @@ SERVICE_TESTS = (
     "test_wiki.py",
     "test_pads.py",
     "test_cloud.py",
+    "test_security_hosts.py",
+    "test_security_directory.py",
+    "test_security_mail.py",
 )
 
 
@@ -44,7 +50,6 @@ def test_every_service_works_on_debian_12() -> None:
     if default_suite() == "bookworm":
         pytest.skip("this session's own lab already runs Debian 12")
     files = [str(LAB_TESTS / name) for name in SERVICE_TESTS]
-    files += sorted(str(p) for p in LAB_TESTS.glob("test_security_*.py"))
     env = {k: v for k, v in os.environ.items() if k != "COOPCTL_LAB_NO_DEPLOY"}
     env.update(COOPCTL_LAB_SUITE="bookworm", COOPCTL_LAB_NAME="lab12", COOPCTL_LAB_INDEX="2")
     result = subprocess.run(
