@@ -222,9 +222,12 @@ class Sync:
             secret=_secret_reader(name, settings, self.config.source)))
 
     # -- read --------------------------------------------------------------------------
-    def read(self, uids: Iterable[str] = ()) -> tuple[list[Member], dict[str, Plan], int]:
+    def read(self, uids: Iterable[str] = (), missing_ok: bool = False
+             ) -> tuple[list[Member], dict[str, Plan], int]:
         """Members, plans and how many members the directory holds; raises if it cannot
-        answer. A sync narrowed to a few members reads only theirs (and counts the others)."""
+        answer. A sync narrowed to a few members reads only theirs (and counts the others).
+        A named uid the directory lacks is an error, unless `missing_ok` (the watcher's
+        batches name members that were just deleted)."""
         from provisioner.directory import Directory
         from provisioner.ldapconn import connect
 
@@ -241,7 +244,7 @@ class Sync:
             plans = {p.name: p for p in directory.plans()}
         finally:
             conn.unbind()
-        if wanted:
+        if wanted and not missing_ok:
             missing = set(wanted) - {m.uid for m in members}
             if missing:
                 raise CoopError(f"no member with uid {', '.join(sorted(missing))}",

@@ -32,33 +32,12 @@ class SyncSink:
         self.config = config
         self.engine = Sync(config)
 
-    def _read(self, uids: set[str]):  # type: ignore[no-untyped-def]
-        """(members that still exist, plans, member count): `Sync.read` refuses a missing
-        uid, and a deleted member is exactly that here."""
-        from provisioner.directory import Directory
-        from provisioner.ldapconn import connect
-        from provisioner.sync import NARROW_READ_MAX
-
-        conn = connect(self.config.directory)
-        try:
-            directory = Directory(self.config, conn)
-            if len(uids) <= NARROW_READ_MAX:
-                members = directory.members_named(sorted(uids))
-                total = directory.count_members()
-            else:
-                everyone = directory.members()
-                total = len(everyone)
-                members = [m for m in everyone if m.uid in uids]
-            plans = {p.name: p for p in directory.plans()}
-        finally:
-            conn.unbind()
-        return members, plans, total
-
     def apply(self, uids: set[str], hold_destructive: bool) -> BatchResult:
         from provisioner.sync import GuardStop
 
         try:
-            read = self._read(uids)
+            # Members of the batch that still exist: a deleted one is simply not read.
+            read = self.engine.read(uids, missing_ok=True)
         except DirectoryUnavailable:
             raise  # the watcher reconnects and gets the batch again
         except CoopError as exc:  # bad data for one batch must not stop the stream
