@@ -170,7 +170,10 @@ def test_status_reports_each_host(lab_hosts):
     assert status.proxy_pid and status.bridge_up
     for host in status.hosts:
         assert host.running and host.ssh, host
-        assert host.memory_bytes and 4 * 2**20 < host.memory_bytes < 1024 * 2**20, host
+        # The upper bound is the whole lab's budget (README: < 3 GB), not a per-host one: after
+        # the suite's imports, dir's memory-mapped directory database and Keycloak's heap count
+        # as active memory and have passed 1 GiB there (CI, stop 14).
+        assert host.memory_bytes and 4 * 2**20 < host.memory_bytes < 3 * 2**30, host
 
 
 def _leftovers(cfg: LabConfig) -> list[str]:
