@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from provisioner.lab.commands import run
-from provisioner.lab.config import GROUPS, REPO_DIR, LabConfig
+from provisioner.lab.config import GROUPS, REPO_DIR, LabConfig, LabError
 
 SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 GROUP_VARS = REPO_DIR / "inventories" / "lab" / "group_vars"
@@ -79,14 +79,31 @@ def write_inventory(cfg: LabConfig) -> Path:
     )
     cfg.control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     cfg.inventory.write_text(text)
-    link = cfg.state_dir / "group_vars"
-    if GROUP_VARS.is_dir() and not link.exists():
-        link.symlink_to(GROUP_VARS)
+    link_group_vars(cfg.state_dir / "group_vars")
     if cfg.repo_inventory is not None:
         cfg.repo_inventory.parent.mkdir(parents=True, exist_ok=True)
         cfg.repo_inventory.write_text(text)
     write_ssh_config(cfg)
     return cfg.inventory
+
+
+def link_group_vars(link: Path) -> None:
+    """Point STATE/group_vars at this checkout's group_vars.
+
+    A lab's state directory outlives the checkout that made it: a link left by another clone
+    (moved, deleted, or simply another one) is replaced, so the lab never deploys with another
+    checkout's variables, and a dangling link is not mistaken for a free name.
+    """
+    if not GROUP_VARS.is_dir():
+        return
+    if link.is_symlink():
+        if Path(os.readlink(link)) == GROUP_VARS:
+            return
+        link.unlink()
+    elif link.exists():
+        raise LabError(f"{link} exists and is not a link to the repository's group_vars: "
+                       f"move it away; `coopctl lab up` links it to {GROUP_VARS}")
+    link.symlink_to(GROUP_VARS)
 
 
 def write_ssh_config(cfg: LabConfig) -> Path:
