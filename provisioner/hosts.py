@@ -1,10 +1,11 @@
 """Reaching the coop's hosts from the machine that runs coopctl.
 
 Changes go through Ansible (``playbook``: one run of a sync playbook for a whole batch).
-Reads that a sync or an audit repeats often (``doveadm quota get -A``, reading DokuWiki's ACL
+Reads that a sync or an audit repeats often (listing the mail homes, reading DokuWiki's ACL
 file) go through one plain SSH command (``read``), which costs a fraction of a second where an
-Ansible run costs seconds. Both take the hosts and their connection settings from the same
-Ansible inventory, so a coop describes its servers once.
+Ansible run costs seconds; so does ending live sessions (``signal``: ``doveadm kick``), which
+is urgent and stores nothing on the host. All take the hosts and their connection settings
+from the same Ansible inventory, so a coop describes its servers once.
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ class InventoryHosts:
         As root: over SSH as root, or through `sudo -n` when the inventory logs in as another
         user (doveadm and DokuWiki's ACL file need root; Ansible would `become` the same way).
         """
+        return self._ssh_run(group, argv, timeout)
+
+    def signal(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
+        """Run a command that acts now but stores nothing on the host (``doveadm kick``).
+
+        Ending a suspended member's live sessions must take well under the watcher's 5 s
+        target, where one Ansible run costs several seconds; it changes no file, so there is
+        nothing for Ansible's idempotence and change reporting to add. Same channel as `read`.
+        """
+        return self._ssh_run(group, argv, timeout)
+
+    def _ssh_run(self, group: str, argv: Sequence[str], timeout: float) -> str:
         ssh = self._ssh_argv(group)
         if "@" in ssh[-1] and not ssh[-1].startswith("root@"):
             argv = ["sudo", "-n", "--", *argv]

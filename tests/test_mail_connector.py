@@ -1,14 +1,18 @@
 """The mail connector without a server: parsing, planning, welcome mails, apply and export.
 
 Hosts, the state store and the SMTP server are replaced by small fakes; the lab test
-(tests/lab/test_sync_mail.py) runs the same code against real Postfix and Dovecot.
+(tests/lab/test_sync_mail.py) runs the same code against real Postfix and Dovecot. The kick
+script itself runs here, in a local `sh`, against a stand-in `doveadm` that answers as Dovecot
+2.3 and 2.4 do (the lab tests cut real IMAP sessions with it).
 """
 
 from __future__ import annotations
 
 import email
 import email.policy
+import os
 import smtplib
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,11 +45,24 @@ DU_OUTPUT = (
 )
 
 
+# Answers like Dovecot: 2.3 without a session (exit 68), 2.4 (exit 0 either way), a failure.
+FAKE_DOVEADM = """#!/bin/sh
+case "$2" in
+  ana@*) echo "ana@demo.coop"; exit 0 ;;
+  cy@*) echo "doveadm(cy): Fatal: anvil socket refused" >&2; exit 75 ;;
+  dee@*) echo "0 connections kicked"; exit 0 ;;
+  *) echo "no users kicked"; exit 68 ;;
+esac
+"""
+
+
 class FakeHosts:
     def __init__(self, read_output: str = "", playbook_result: dict | None = None,
-                 on_playbook: Any = None) -> None:
+                 on_playbook: Any = None, bin_dir: Path | None = None) -> None:
         self.read_output = read_output
         self.reads: list[tuple[str, list[str]]] = []
+        self.signals: list[tuple[str, list[str]]] = []
+        self.bin_dir = bin_dir
         self.runs: list[tuple[str, dict]] = []
         self.playbook_result = playbook_result or {"ok": True, "error": None,
                                                    "failed_items": {}, "changed": 1}
@@ -56,6 +73,15 @@ class FakeHosts:
         if isinstance(self.read_output, Exception):
             raise self.read_output
         return self.read_output
+
+    def signal(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
+        """Runs the command in a local sh, with the stand-in doveadm first on PATH."""
+        self.signals.append((group, list(argv)))
+        if self.bin_dir is None:
+            raise OSError("ssh: connect to host mail port 22: Connection refused")
+        env = os.environ | {"PATH": f"{self.bin_dir}:{os.environ['PATH']}"}
+        return subprocess.run(list(argv), capture_output=True, text=True, env=env,
+                              check=True, timeout=timeout).stdout
 
     def playbook(self, name: str, extravars: Mapping[str, Any]) -> dict[str, Any]:
         self.runs.append((name, dict(extravars)))
@@ -288,40 +314,74 @@ def test_welcome_when_the_smtp_server_is_down(monkeypatch) -> None:
 
 # -- apply on the host ------------------------------------------------------------------------
 
-def test_suspend_and_purge_are_one_playbook_run_and_failures_stay_per_member() -> None:
-    hosts = FakeHosts(playbook_result={"ok": True, "error": None,
-                                       "failed_items": {"cy": "doveadm: Fatal"}, "changed": 2})
+@pytest.fixture
+def doveadm_dir(tmp_path: Path) -> Path:
+    script = tmp_path / "doveadm"
+    script.write_text(FAKE_DOVEADM)
+    script.chmod(0o755)
+    return tmp_path
+
+
+def test_suspensions_are_one_ssh_kick_and_failures_stay_per_member(doveadm_dir: Path) -> None:
+    hosts = FakeHosts(bin_dir=doveadm_dir)
     state = MemoryState()
     conn = connector(hosts, state)
     changes = conn.plan(
-        desired(member("ana", status="suspended"), member("cy", status="suspended"),
-                member("bob", status="purged")),
-        observation(homes=("bob",), welcomed=("ana", "cy")))
+        desired(*(member(u, status="suspended") for u in ("ana", "cy", "dee", "eve"))),
+        observation(welcomed=("ana", "cy", "dee", "eve")))
     results: list[ChangeResult] = []
     conn.apply(changes, results.append)
-    assert len(hosts.runs) == 1
-    name, extravars = hosts.runs[0]
-    assert name == "sync.yml"
-    assert extravars == {"coop_sync_mail": [
-        {"uid": "ana", "mail": "ana@demo.coop", "action": "kick"},
-        {"uid": "bob", "mail": "bob@demo.coop", "action": "purge"},
-        {"uid": "cy", "mail": "cy@demo.coop", "action": "kick"},
-    ]}
+    assert hosts.runs == [], "a suspension needs no Ansible run"
+    assert len(hosts.signals) == 1 and hosts.signals[0][0] == "mail_servers"
     outcome = {r.change.uid: (r.ok, r.error) for r in results}
-    assert outcome == {"bob": (True, None), "ana": (True, None), "cy": (False, "doveadm: Fatal")}
-    assert state.marks("mail", "kicked") == {"ana"}
+    assert outcome == {
+        "ana": (True, None),   # kicked (2.3 prints the users)
+        "cy": (False, "doveadm kick failed (exit 75): "
+                      "doveadm(cy): Fatal: anvil socket refused"),
+        "dee": (True, None),   # 2.4: nobody connected, exit 0
+        "eve": (True, None),   # 2.3: nobody connected, exit 68
+    }
+    assert state.marks("mail", "kicked") == {"ana", "dee", "eve"}
 
 
-def test_a_failed_run_fails_every_item_and_marks_nothing() -> None:
-    hosts = FakeHosts(playbook_result={"ok": False, "error": "host unreachable: mail",
-                                       "failed_items": {}, "changed": 0})
+def test_an_unreachable_mail_host_fails_each_suspension_and_marks_nothing() -> None:
     state = MemoryState()
-    conn = connector(hosts, state)
+    conn = connector(FakeHosts(bin_dir=None), state)
     results: list[ChangeResult] = []
     conn.apply(conn.plan(desired(member("ana", status="suspended")),
                          observation(welcomed=("ana",))), results.append)
-    assert [(r.ok, r.error) for r in results] == [(False, "host unreachable: mail")]
+    assert [(r.ok, r.error) for r in results] == [
+        (False, "doveadm kick: ssh: connect to host mail port 22: Connection refused")]
     assert state.marks("mail", "kicked") == set()
+
+
+def test_purges_are_one_playbook_run_and_failures_stay_per_member() -> None:
+    hosts = FakeHosts(playbook_result={"ok": True, "error": None,
+                                       "failed_items": {"cy": "doveadm: Fatal"}, "changed": 2})
+    conn = connector(hosts)
+    changes = conn.plan(desired(member("bob", status="purged"), member("cy", status="purged")),
+                        observation(homes=("bob", "cy")))
+    results: list[ChangeResult] = []
+    conn.apply(changes, results.append)
+    assert hosts.signals == [] and len(hosts.runs) == 1
+    name, extravars = hosts.runs[0]
+    assert name == "sync.yml"
+    assert extravars == {"coop_sync_mail": [
+        {"uid": "bob", "mail": "bob@demo.coop", "action": "purge"},
+        {"uid": "cy", "mail": "cy@demo.coop", "action": "purge"},
+    ]}
+    outcome = {r.change.uid: (r.ok, r.error) for r in results}
+    assert outcome == {"bob": (True, None), "cy": (False, "doveadm: Fatal")}
+
+
+def test_a_failed_run_fails_every_item() -> None:
+    hosts = FakeHosts(playbook_result={"ok": False, "error": "host unreachable: mail",
+                                       "failed_items": {}, "changed": 0})
+    conn = connector(hosts)
+    results: list[ChangeResult] = []
+    conn.apply(conn.plan(desired(member("ana", status="purged")), observation(homes=("ana",))),
+               results.append)
+    assert [(r.ok, r.error) for r in results] == [(False, "host unreachable: mail")]
 
 
 def test_a_playbook_that_raises_is_reported_not_raised() -> None:
@@ -330,7 +390,7 @@ def test_a_playbook_that_raises_is_reported_not_raised() -> None:
 
     conn = connector(FakeHosts(on_playbook=boom))
     results: list[ChangeResult] = []
-    conn.apply(conn.plan(desired(member("ana", status="suspended")), observation()),
+    conn.apply(conn.plan(desired(member("ana", status="purged")), observation(homes=("ana",))),
                results.append)
     assert [(r.ok, r.error) for r in results] == [(False, "no inventory")]
 

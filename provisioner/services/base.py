@@ -167,6 +167,9 @@ class HostAccess(Protocol):
     def read(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
         """Run a read-only command on the first host of inventory group `group`; stdout."""
 
+    def signal(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
+        """Run a command that acts at once but stores nothing (ending sessions); stdout."""
+
     def playbook(self, name: str, extravars: Mapping[str, Any]) -> dict[str, Any]:
         """Run playbooks/NAME once against the inventory.
 

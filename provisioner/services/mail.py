@@ -6,14 +6,15 @@ nothing and sets no quota. What is left to it:
 - **welcome**: one mail to each new active member, in their language, sent once (remembered
   in the state store as ``mail/welcome`` only after the SMTP server accepted it);
 - **suspend**: ``doveadm kick`` (an LDAP change refuses *new* logins, it does not end an open
-  IMAP session); remembered as ``mail/kicked`` so it runs once per suspension, forgotten by
-  ``restore`` when the member is active again;
+  IMAP session), over SSH at once rather than through the playbook (see ``_kick``);
+  remembered as ``mail/kicked`` so it runs once per suspension, forgotten by ``restore`` when
+  the member is active again;
 - **purge**: kick, then remove the mail home (after ``export`` put it in the archive);
 - a **finding** when a member's quota is below what their mailbox already uses: the quota is
   already in force (Dovecot reads it from the directory), nothing can be "applied".
 
-Observation is one SSH command on the mail host (``doveadm -f tab quota get -A`` plus the list
-of mail homes); host-side changes are one run of ``playbooks/sync.yml`` for the whole batch.
+Observation is one SSH command on the mail host (the list of mail homes with their sizes);
+purges and exports are one run of ``playbooks/sync.yml`` for the whole batch.
 
 Purge and mail in flight: the sync purges every service *then* marks the member ``purged`` in
 the directory. Until that status is written, Postfix and Dovecot still accept the member's
@@ -65,6 +66,7 @@ BUILTIN_TEMPLATES = welcome_templates_dir()
 # of purged members, whom Dovecot no longer knows.
 VMAIL_DIR = "/var/vmail"
 HOMES_MARK = "--coopctl-homes--"
+KICK_MARK = "--coopctl-kicks--"
 SMTP_TIMEOUT = 30.0
 
 
@@ -109,6 +111,27 @@ def parse_homes(text: str) -> dict[str, Usage]:
         if size.strip().isdigit() and uid and not uid.startswith("."):
             usage[uid] = Usage(int(size), None)
     return usage
+
+
+def parse_kicks(text: str) -> dict[str, tuple[int, str]]:
+    """``mail<TAB>exit<TAB>output`` lines of the kick script, by login."""
+    results: dict[str, tuple[int, str]] = {}
+    for line in text.splitlines():
+        login, _, rest = line.partition("\t")
+        code, _, output = rest.partition("\t")
+        if login and code.strip().lstrip("-").isdigit():
+            results[login] = (int(code), output.strip())
+    return results
+
+
+def kick_failure(result: tuple[int, str] | None) -> str | None:
+    """Why a kick failed, or None: exit 0, or 68 with "no users kicked" (nobody connected)."""
+    if result is None:
+        return "doveadm kick: the mail host gave no answer for this member"
+    code, output = result
+    if code == 0 or (code == 68 and "no users kicked" in output):
+        return None
+    return f"doveadm kick failed (exit {code}): {output or 'no output'}"
 
 
 def _size(kib: int) -> str:
@@ -252,22 +275,62 @@ class MailConnector(PlaybookExport, Connector):
 
     # -- apply ------------------------------------------------------------------------------
     def apply(self, changes: Sequence[ServiceChange], report: Report) -> None:
-        """Restore and welcome locally; suspend and purge in one playbook run."""
-        host_side: list[ServiceChange] = []
+        """Restore locally; suspend (kick) first, over SSH; welcome over SMTP; purge in one
+        playbook run (it kicks again before it removes anything)."""
+        suspends: list[ServiceChange] = []
+        purges: list[ServiceChange] = []
         welcomes: list[ServiceChange] = []
         for change in changes:
             if change.action is Action.RESTORE:
                 report(self._unmark_kicked(change))
             elif change.action is Action.WELCOME:
                 welcomes.append(change)
-            elif change.action in (Action.SUSPEND, Action.PURGE):
-                host_side.append(change)
+            elif change.action is Action.SUSPEND:
+                suspends.append(change)
+            elif change.action is Action.PURGE:
+                purges.append(change)
             else:
                 report(ChangeResult(change, False, f"the mail connector has no {change.action}"))
+        if suspends:
+            self._kick(suspends, report)
         if welcomes:
             self._send_welcomes(welcomes, report)
-        if host_side:
-            self._run_host_side(host_side, report)
+        if purges:
+            self._run_host_side(purges, report)
+
+    def _kick(self, changes: Sequence[ServiceChange], report: Report) -> None:
+        """End the live IMAP/submission sessions of suspended members: one SSH command for
+        the batch, `doveadm kick` per login (it takes one user mask per call).
+
+        Not through the sync playbook: a suspension for abuse must cut sessions within
+        seconds (the watcher's target is 5 s from the LDAP write), one Ansible run costs
+        several, and a kick stores nothing on the host that Ansible could report or repeat.
+        Dovecot 2.3 exits 68 with "no users kicked" when nobody was connected; 2.4 prints
+        "0 connections kicked" and exits 0: both are success. Each member's result is one
+        ``mail<TAB>exit<TAB>output`` line, so a failure stays with its member.
+        """
+        script = (f"echo {KICK_MARK}; for m do out=$(doveadm kick \"$m\" 2>&1); rc=$?; "
+                  "printf '%s\\t%s\\t%s\\n' \"$m\" \"$rc\" "
+                  "\"$(printf %s \"$out\" | tr '\\t\\n' '  ' | cut -c1-200)\"; done")
+        mails = [str(c.detail["mail"]) for c in changes]
+        try:
+            out = self.runtime.hosts.signal(self.host_group, ["sh", "-c", script, "kick", *mails])
+        except Exception as exc:  # HostError, and whatever the SSH layer raises
+            for change in changes:
+                report(ChangeResult(change, False, f"doveadm kick: {exc}"))
+            return
+        results = parse_kicks(out.partition(KICK_MARK)[2])
+        for change in changes:
+            failure = kick_failure(results.get(str(change.detail["mail"])))
+            if failure:
+                report(ChangeResult(change, False, failure))
+                continue
+            try:
+                self.runtime.state.mark(SERVICE, KICKED, change.uid)
+            except Exception as exc:
+                report(ChangeResult(change, False, f"kicked, but the state store: {exc}"))
+                continue
+            report(ChangeResult(change, True))
 
     def _unmark_kicked(self, change: ServiceChange) -> ChangeResult:
         try:
