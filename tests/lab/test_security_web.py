@@ -22,6 +22,7 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -218,8 +219,8 @@ def test_a_callback_without_a_login_in_progress_is_refused(lab):
     assert "coop_pads_sso=" not in answer.headers.get("Set-Cookie", "")
 
 
-def test_a_member_logs_in_through_the_sso_and_opens_a_pad(lab, directory):
-    uid, _, password = directory.member()
+def pads_login(lab, uid: str, password: str) -> requests.Session:
+    """A browser that opened a pad through the SSO's login form (a real Keycloak login)."""
     session = browser(lab)
     form = session.get(f"https://{PADS}/p/secweb-{uid}", timeout=60)  # to Keycloak's form
     assert form.status_code == 200 and urlsplit(form.url).netloc == f"{SSO}:8443", form.url
@@ -231,11 +232,39 @@ def test_a_member_logs_in_through_the_sso_and_opens_a_pad(lab, directory):
     assert pad.status_code == 200, (pad.status_code, pad.url, pad.text[:300])
     assert pad.url == f"https://{PADS}/p/secweb-{uid}"
     assert "etherpad" in pad.text.lower() or "pad.js" in pad.text
-    assert session.get(f"https://{PADS}/", allow_redirects=False, timeout=20).status_code == 200
+    return session
+
+
+def pads_open(session: requests.Session) -> int:
+    return session.get(f"https://{PADS}/", allow_redirects=False, timeout=20).status_code
+
+
+def test_a_member_logs_in_through_the_sso_and_opens_a_pad(lab, directory):
+    uid, _, password = directory.member()
+    session = pads_login(lab, uid, password)
+    assert pads_open(session) == 200
     # Logging out of the pads ends the gate's cookie.
     session.get(f"https://{PADS}/_coop_sso/logout", allow_redirects=False, timeout=20)
     again = session.get(f"https://{PADS}/p/secweb-{uid}", allow_redirects=False, timeout=20)
     assert again.status_code == 302
+
+
+def test_a_suspended_member_loses_the_pads(lab, directory):
+    """The gate re-asks the SSO (refresh-token grant) once the lab's pads_sso_recheck_seconds
+    (5 s) passed: an active member's login stands through the re-check, a suspended member's
+    ends, though their cookie is still signed and unexpired."""
+    uid, dn, password = directory.member()
+    other, _, other_password = directory.member()
+    session, kept = pads_login(lab, uid, password), pads_login(lab, other, other_password)
+    recheck = 5 + 1
+    time.sleep(recheck)  # the gate's own clock: nothing to poll before the re-check is due
+    assert pads_open(session) == 200 and pads_open(kept) == 200  # refreshed, still in
+    directory.set_status(dn, "suspended")
+    time.sleep(recheck)
+    assert pads_open(session) == 302  # sent to the SSO's login, where they cannot log in
+    assert pads_open(kept) == 200
+    log = lab.host("apps").check_output("journalctl -u pads-sso-gate --no-pager -n 50")
+    assert f"pads login ended: {uid}" in log and password not in log
 
 
 def test_a_wrong_password_gets_no_pad(lab, directory):

@@ -7,7 +7,13 @@ nginx asks this gate, with ``auth_request``, whether each pad request may go thr
 ``/_coop_sso/callback`` redeems the code at the SSO's token endpoint (over TLS checked against
 the coop's CA, with the client's secret), checks the ID token's issuer, audience, expiry and
 nonce, and the member's groups when ``allowed_groups`` is set, then sets a signed cookie for
-``session_seconds``. Why a gate in front of Etherpad rather than an Etherpad plugin: npm has no
+``session_seconds``. The login also stays bound to the member's SSO session: the gate keeps
+the refresh token in memory (never in the cookie) and, at most every ``recheck_seconds``,
+asks the SSO to refresh it. A member suspended in the directory (Keycloak's LDAP filter then
+refuses their refresh at once) or logged out of the SSO loses the pads at the next check; if
+the SSO does not answer, the login stands (an SSO outage suspends nobody). A restart of the
+gate forgets every login: browsers go through the SSO again, silently while their SSO
+session lasts. Why a gate in front of Etherpad rather than an Etherpad plugin: npm has no
 OIDC plugin for Etherpad 1.8.14, and nginx has no OIDC client of its own in Debian.
 
 Only Python's standard library (Debian's python3); listens on loopback; reads its settings
@@ -45,13 +51,26 @@ def unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class Login:
+    """A member's pads login, held in memory under the random id its cookie carries."""
+
+    def __init__(self, user: str, refresh_token: str, expires: int) -> None:
+        self.user = user
+        self.refresh_token = refresh_token
+        self.expires = expires
+        self.checked = time.time()
+        self.lock = threading.Lock()  # one refresh at a time per login
+
+
 class Gate:
-    """Settings, secrets and the SSO's endpoints (discovered once, on first need)."""
+    """Settings, secrets, the SSO's endpoints (discovered once, on first need), the logins."""
 
     def __init__(self, settings: dict, client_secret: str, cookie_key: bytes) -> None:
         self.s = settings
         self.client_secret = client_secret
         self.key = cookie_key
+        self.logins: dict[str, Login] = {}
+        self._logins_lock = threading.Lock()
         self.tls = ssl.create_default_context(cafile=settings["ca_file"])
         self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self._endpoints: dict | None = None
@@ -92,27 +111,66 @@ class Gate:
             return None
         return payload
 
-    # -- the code exchange ------------------------------------------------------------------
-    def redeem(self, code: str) -> dict:
-        """The ID token's claims for `code`, checked (token endpoint reached over checked TLS,
-        so OIDC Core 3.1.3.7 lets TLS stand for the token's signature)."""
-        form = urllib.parse.urlencode({
-            "grant_type": "authorization_code", "code": code,
-            "redirect_uri": self.s["redirect_uri"],
-        }).encode()
+    # -- logins ---------------------------------------------------------------------------
+    def open_login(self, user: str, refresh_token: str) -> tuple[str, int]:
+        """Remember a new login; (its id, its expiry). Expired logins are dropped here."""
+        now = int(time.time())
+        expires = now + int(self.s["session_seconds"])
+        login_id = secrets.token_urlsafe(24)
+        with self._logins_lock:
+            for key in [k for k, v in self.logins.items() if v.expires < now]:
+                del self.logins[key]
+            self.logins[login_id] = Login(user, refresh_token, expires)
+        return login_id, expires
+
+    def still_valid(self, login_id: str) -> Login | None:
+        """The login if it still stands, re-asking the SSO once `recheck_seconds` passed."""
+        with self._logins_lock:
+            login = self.logins.get(login_id)
+        if login is None or login.expires < time.time():
+            return None
+        recheck = int(self.s.get("recheck_seconds", 60))
+        with login.lock:
+            if time.time() - login.checked < recheck:
+                return login
+            try:
+                tokens = self.token_request({"grant_type": "refresh_token",
+                                             "refresh_token": login.refresh_token})
+            except urllib.error.HTTPError as exc:
+                if exc.code not in (400, 401):
+                    return login  # the SSO failing is not the member's fault
+                with self._logins_lock:
+                    self.logins.pop(login_id, None)
+                return None
+            except (OSError, ValueError):
+                return login  # unreachable: an SSO outage suspends nobody
+            login.refresh_token = str(tokens.get("refresh_token") or login.refresh_token)
+            login.checked = time.time()
+            return login
+
+    # -- the token endpoint -----------------------------------------------------------------
+    def token_request(self, fields: dict) -> dict:
+        """POST to the SSO's token endpoint with the client's credentials; the JSON answer."""
         basic = base64.b64encode(
             f"{urllib.parse.quote(self.s['client_id'], safe='')}:"
             f"{urllib.parse.quote(self.client_secret, safe='')}".encode()).decode()
         request = urllib.request.Request(
-            self.endpoints()["token_endpoint"], data=form, method="POST",
-            headers={"Authorization": f"Basic {basic}",
-                     "Content-Type": "application/x-www-form-urlencoded"})
+            self.endpoints()["token_endpoint"], data=urllib.parse.urlencode(fields).encode(),
+            method="POST", headers={"Authorization": f"Basic {basic}",
+                                    "Content-Type": "application/x-www-form-urlencoded"})
         with self.opener.open(request, timeout=15) as answer:
-            tokens = json.load(answer)
+            return json.load(answer)
+
+    def redeem(self, code: str) -> tuple[dict, str]:
+        """The ID token's claims for `code`, checked (token endpoint reached over checked TLS,
+        so OIDC Core 3.1.3.7 lets TLS stand for the token's signature), and the refresh
+        token that later checks use."""
+        tokens = self.token_request({"grant_type": "authorization_code", "code": code,
+                                     "redirect_uri": self.s["redirect_uri"]})
         parts = str(tokens.get("id_token", "")).split(".")
         if len(parts) != 3:
             raise ValueError("the token endpoint returned no ID token")
-        return json.loads(unb64(parts[1]))
+        return json.loads(unb64(parts[1])), str(tokens.get("refresh_token") or "")
 
 
 def safe_target(raw: str) -> str:
@@ -181,11 +239,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def check(self) -> None:
         payload = self.gate.verify(self.cookies().get(self.gate.s["cookie_name"]))
-        if payload is None:
+        login = self.gate.still_valid(str(payload.get("l", ""))) if payload else None
+        if login is None:
+            if payload:
+                self.note(f"pads login ended: {payload.get('u')} (SSO session gone, or the "
+                          "gate restarted)")
             self.reply(401)
             return
         self.send_response(204)
-        self.send_header("X-Coop-User", str(payload.get("u", "")))
+        self.send_header("X-Coop-User", login.user)
         self.end_headers()
 
     def login(self, query: str) -> None:
@@ -211,7 +273,7 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(403, set_cookies=(clear,),
                        text="This login did not start here or took too long; open the pad again.\n")
             return
-        claims = self.gate.redeem(code)
+        claims, refresh_token = self.gate.redeem(code)
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
         user = str(claims.get("preferred_username") or claims.get("sub") or "")
@@ -227,7 +289,12 @@ class Handler(BaseHTTPRequestHandler):
             self.note(f"login refused: {user} is in none of the groups allowed the pads")
             self.reply(403, set_cookies=(clear,), text="Your account may not use the pads.\n")
             return
-        session = self.gate.sign({"u": user, "exp": int(time.time()) + int(s["session_seconds"])})
+        if not refresh_token:
+            self.note(f"login refused: the SSO gave no refresh token for {user}")
+            self.reply(403, set_cookies=(clear,), text="Login refused.\n")
+            return
+        login_id, expires = self.gate.open_login(user, refresh_token)
+        session = self.gate.sign({"u": user, "l": login_id, "exp": expires})
         self.note(f"login: {user}")
         self.reply(302, str(pending.get("t") or "/"),
                    (clear, self.cookie(s["cookie_name"], session, "/", int(s["session_seconds"]))))
