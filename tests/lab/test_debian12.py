@@ -29,9 +29,11 @@ ROOT = LAB_TESTS.parents[1]
 
 # What a Debian 12 coop needs to hold: each service answers and does its job, and the security
 # controls whose configuration differs by release hold (slapd's TLS library is GnuTLS on 12 and
-# OpenSSL on 13; Dovecot 2.3 and 2.4; fail2ban's filters). Keycloak and nginx get the same
-# configuration on both releases (their security tests run on 13), and the lab's own mechanics
-# (test_lab.py) do not depend on the guests' release: left out to keep CI well within its time.
+# OpenSSL on 13; Dovecot 2.3 and 2.4; fail2ban's filters), and what runs on the host's own
+# Python (3.11 on 12, 3.13 on 13): the watcher role's coopctl, the pads' SSO gate (in the web
+# security tests). Keycloak gets the same configuration on both releases (its security tests run
+# on 13), and the lab's own mechanics (test_lab.py) do not depend on the guests' release: left
+# out to keep CI well within its time.
 SERVICE_TESTS = (
     "test_openldap.py",
     "test_postgresql.py",
@@ -43,6 +45,8 @@ SERVICE_TESTS = (
     "test_security_hosts.py",
     "test_security_directory.py",
     "test_security_mail.py",
+    "test_security_web.py",
+    "test_watch.py",
 )
 
 
