@@ -5,12 +5,14 @@ What is measured here is the watcher's own part of each latency path: from the L
 sync (`Sink.apply`). The sink is `RecordingSink`: no service is touched, so the connectors'
 time (doveadm kick, Keycloak logout, Nextcloud's OCS calls, the welcome mail) is NOT in these
 figures; the end-to-end paths of issue 11 (suspension -> every session ended, new member ->
-mailbox + welcome + cloud, quota -> visible in IMAP and cloud) need the lab and are printed as
-"lab only". Also measured: catch-up after 1,000 changes made while the watcher was stopped
-(with its cookie), the full refresh a cookie-less restart costs, and the watcher's peak memory
-at 10,000 members (a separate process, so the figure is its own).
+mailbox + welcome + cloud, quota -> visible in IMAP and cloud) need the lab: `--lab NAME` runs
+bench_watch_lab.py (a real `coopctl watch` and the lab's services; a separate script because
+nothing of this setup is shared). Also measured: catch-up after 1,000 changes made while the
+watcher was stopped (with its cookie), the full refresh a cookie-less restart costs, and the
+watcher's peak memory at 10,000 members (a separate process, so the figure is its own).
 
     .venv/bin/python bench/bench_watch.py [--members 10000] [--count 200] [--window 250ms]
+    .venv/bin/python bench/bench_watch.py --lab NAME [...]   # end to end, bench_watch_lab.py
 
 Anchor: LSC's asynchronous mode polls every 5 s (or follows syncrepl without a cookie) and
 restarts with a full refresh: a change waits 0-5 s for the next poll (p50 2.5 s, p95 4.75 s,
@@ -186,6 +188,13 @@ def child_run(config: Path) -> tuple[float, float, str, int, int]:
 
 
 def main() -> None:
+    if any(a == "--lab" or a.startswith("--lab=") for a in sys.argv[1:]):
+        # the end-to-end paths on a deployed lab: another setup entirely (a real watcher
+        # process, the services, members to clean up), in a script of its own
+        from bench_watch_lab import main as lab_main
+
+        lab_main(sys.argv[1:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=10000)
     parser.add_argument("--count", type=int, default=200, help="changes of each kind and mode")
@@ -227,7 +236,8 @@ def main() -> None:
                   f"(full refresh) above; this bench process {own:.0f} MiB")
             print("\nlab only (not measured here): suspension -> every live session ended; "
                   "new member -> mailbox, welcome mail and cloud account; quota change -> "
-                  "visible in IMAP and cloud (the connectors' time on top of the figures above)")
+                  "visible in IMAP and cloud (the connectors' time on top of the figures above): "
+                  "bench_watch.py --lab NAME")
         finally:
             bench.slapd.destroy()
 

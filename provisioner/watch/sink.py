@@ -2,7 +2,8 @@
 
 `SyncSink` is the real one: `Sync.plan(uids=batch)` then `Sync.apply`, reading exactly the
 batch's members (a member deleted from the directory is simply absent: the sync never touches
-a member it cannot read, and `coopctl audit` reports their leftovers). `RecordingSink` touches
+a member it cannot read, and `coopctl audit` reports their leftovers); it times each step
+(read, plan, apply, each service's part) for the watcher's batch log line. `RecordingSink` touches
 no service: it records the uids it is given, for the tests and the benchmark of the directory
 side, where the connectors are not what is measured (they have their own tests).
 """
@@ -13,12 +14,17 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.config import Config
 from provisioner.errors import CoopError, DirectoryUnavailable
 from provisioner.watch.watcher import BatchResult
+
+if TYPE_CHECKING:
+    from provisioner.services.base import ChangeResult
 
 log = logging.getLogger("coopctl.watch")
 
@@ -35,6 +41,8 @@ class SyncSink:
     def apply(self, uids: set[str], hold_destructive: bool) -> BatchResult:
         from provisioner.sync import GuardStop
 
+        started = time.monotonic()
+        timing: dict[str, float] = {}
         try:
             # Members of the batch that still exist: a deleted one is simply not read.
             read = self.engine.read(uids, missing_ok=True)
@@ -43,6 +51,7 @@ class SyncSink:
         except CoopError as exc:  # bad data for one batch must not stop the stream
             log.error("batch of %d member(s) not read: %s", len(uids), exc.message)
             return BatchResult(failed=len(uids), retry=set(uids))
+        timing["read"] = time.monotonic() - started
         alert = None
         try:
             plan = self.engine.plan(uids=uids, read=read)
@@ -63,11 +72,19 @@ class SyncSink:
         for name, service_plan in plan.services.items():
             if service_plan.error:
                 log.warning("%s not reachable: %s", name, service_plan.error)
+        timing["plan"] = time.monotonic() - started - timing["read"]
         if not plan.changes():
-            return BatchResult(retry=retry, held=held, alert=alert)
-        summary = self.engine.apply(plan)
+            return BatchResult(retry=retry, held=held, alert=alert, timing=_rounded(timing))
+        applying = time.monotonic()
+
+        def progress(result: ChangeResult) -> None:  # under the sync's journal lock
+            timing[result.change.service] = time.monotonic() - applying
+
+        summary = self.engine.apply(plan, progress=progress)
+        timing["apply"] = time.monotonic() - applying
         retry |= {r.change.uid for r in summary.failed}
-        return BatchResult(summary.applied, len(summary.failed), retry, held, alert)
+        return BatchResult(summary.applied, len(summary.failed), retry, held, alert,
+                           _rounded(timing))
 
     def full(self) -> BatchResult:
         from provisioner.sync import GuardStop
@@ -81,6 +98,10 @@ class SyncSink:
         summary = self.engine.apply(plan)
         return BatchResult(summary.applied, len(summary.failed),
                            {r.change.uid for r in summary.failed})
+
+
+def _rounded(timing: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timing.items()}
 
 
 class RecordingSink:
