@@ -10,7 +10,7 @@ change made behind coopctl's back is not in it: the drift section is where that 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from provisioner.audit.model import AccessRow
 from provisioner.journal import Entry
@@ -26,27 +26,33 @@ def expected_cell(phase: Phase) -> str:
     return "yes" if phase is Phase.ACTIVE else "no"
 
 
-def observed_cell(observed: object | None, uid: str) -> str:
+def observed_cell(observed: object | None, uid: str,
+                  accounts: Collection[str] | None = None) -> str:
+    """`accounts`: the observation's accounts, computed once by the caller (an observation
+    may build them on each access: the wiki's from its rules, 100 ms at 10,000 members)."""
     if observed is None:
         return "?"
     refine = getattr(observed, "access", None)
     if callable(refine):
         return str(refine(uid))
-    return "yes" if uid in observed.accounts else "no"  # type: ignore[attr-defined]
+    held = observed.accounts if accounts is None else accounts  # type: ignore[attr-defined]
+    return "yes" if uid in held else "no"
 
 
 def matrix_now(members: Iterable[Member], plan: SyncPlan) -> list[AccessRow]:
     rows = []
     services = list(plan.services)
+    observed = {s: plan.services[s].observed for s in services}
+    accounts = {s: frozenset(o.accounts) for s, o in observed.items()  # type: ignore[attr-defined]
+                if o is not None}  # once per service, not once per member
     for m in sorted(members, key=lambda m: m.uid):
         state = plan.desired.get(m.uid)
         expected = {s: expected_cell(state.phase(s, m.uid in plan.due)) if state else "no"
                     for s in services}
-        cells = {s: observed_cell(plan.services[s].observed, m.uid) for s in services}
+        cells = {s: observed_cell(observed[s], m.uid, accounts.get(s)) for s in services}
         if m.status == "purged":  # nothing may remain: only data actually held counts
             for s in services:
-                seen = plan.services[s].observed
-                if seen is not None and m.uid not in seen.accounts:  # type: ignore[attr-defined]
+                if s in accounts and m.uid not in accounts[s]:
                     cells[s] = "no"
         rows.append(AccessRow(m.uid, m.status, tuple(m.groups), cells, expected))
     return rows

@@ -28,6 +28,14 @@ OWN_ACCESS = {
     "pads": "the Etherpad API key: Etherpad has one key for everything",
     "sso": "coopctl's own Keycloak credentials (can write): set audit.services.sso",
 }
+# What a read-only account of the `audit` section can still do, where the service allows more
+# than reading. Keycloak's view-clients, which listing sessions per client and the
+# realm-management role members needs, also returns every client's secret (coopctl's client
+# included, whose service account has manage-users): measured on Keycloak 26.7.
+READ_ONLY_LIMITS = {
+    "sso": "view roles only (audit.services), but Keycloak's view-clients also reveals client "
+           "secrets, coopctl's included: not read-only in effect",
+}
 
 
 def read_only_config(config: Config) -> tuple[Config, dict[str, str]]:
@@ -47,8 +55,13 @@ def read_only_config(config: Config) -> tuple[Config, dict[str, str]]:
     for name, settings in config.services.items():
         override = creds.services.get(name)
         services[name] = {**settings, **override} if override else settings
-        used[name] = "read-only account (audit.services)" if override else OWN_ACCESS.get(
-            name, "the service's own settings")
+        if override and settings.get("client_id") and override.get("client_id"):
+            # The SSO's administrators name coopctl's own client (the sync's) as such.
+            services[name]["sync_client_id"] = settings["client_id"]
+        if override:
+            used[name] = READ_ONLY_LIMITS.get(name, "read-only account (audit.services)")
+        else:
+            used[name] = OWN_ACCESS.get(name, "the service's own settings")
     return replace(config, directory=creds.directory or config.directory,
                    services=services), used
 

@@ -11,11 +11,16 @@ suspended, departed or purged. A deleted session makes its refresh token fail at
 It uses Keycloak's admin REST API through python-keycloak (network API: cheap, and the only
 way to reach sessions); endpoints python-keycloak does not wrap (offline sessions of a client,
 deleting one session) go through the same authenticated connection.
+
+For the audit, the observation also lists the realm's administrators (`administrators()`):
+who holds the `realm-management` roles that reach members' accounts (ADMIN_ROLES), directly,
+through a group or through a composite realm role. It is fetched lazily, the first time the
+audit asks, so that `coopctl sync`, which observes SSO on every run, never pays for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +37,29 @@ from provisioner.services.base import (
 )
 
 PAGE = 1000
+# Roles of the realm's `realm-management` client whose holders can change members' accounts,
+# or become someone who can. realm-admin is the composite of every realm-management role, so
+# an entry says which role it holds directly. Left out, because they change no account:
+# view-realm, view-users, view-events, query-* (read), manage-events, manage-authorization
+# (clients' own authorization services), manage-identity-providers (an identity provider is
+# linked to an existing account only through the first-login flow, which is manage-realm's),
+# create-client (a new client holds no role until someone with manage-users grants one).
+ADMIN_ROLES: dict[str, str] = {
+    "realm-admin": "every admin right in the realm",
+    "manage-users": "creates, changes, disables and deletes users, sets passwords, grants roles",
+    "manage-realm": "changes the realm and its LDAP federation, i.e. who may log in",
+    "manage-clients": "resets any client's secret, e.g. coopctl's (whose account has "
+                      "manage-users)",
+    "impersonation": "logs in as any member",
+    "view-clients": "reads any client's secret (Keycloak serves it to view-clients), e.g. "
+                    "coopctl's (whose account has manage-users)",
+}
+SERVICE_ACCOUNT = "service-account-"
+# Members of a group holding an admin role named at most (an admin group is small).
+GROUP_MEMBERS_SHOWN = 50
+MASTER_NOTE = ("not listed: the master realm's administrators (its `admin` role), who can "
+               "change every account of every realm; the coop realm's audit client cannot see "
+               "the master realm, so check them with Keycloak's admin console")
 
 
 @dataclass
@@ -48,6 +76,17 @@ class UserSessions:
 class SsoObservation:
     sessions: dict[str, UserSessions] = field(default_factory=dict)  # username -> sessions
     findings: list[Finding] = field(default_factory=list)
+    # Lists the realm's administrators when first asked (the audit), never during a sync.
+    fetch_administrators: Callable[[], list[str]] | None = field(default=None, repr=False)
+    _administrators: list[str] | None = field(default=None, repr=False)
+
+    def administrators(self) -> list[str]:
+        """Who can change members' accounts in the coop's realm, one labelled entry each,
+        ending with what the list cannot show (the master realm's admins). Fetched once."""
+        if self._administrators is None:
+            self._administrators = (self.fetch_administrators() if self.fetch_administrators
+                                    else [])
+        return self._administrators
 
     @property
     def accounts(self) -> Collection[str]:
@@ -138,8 +177,31 @@ class SsoConnector(Connector):
             raise ServiceUnavailable(f"cannot list Keycloak's sessions: {_short(exc)}") from None
         if uids:
             seen.sessions = {u: s for u, s in seen.sessions.items() if u in uids}
+        seen.fetch_administrators = self.administrators
         self._observed = seen
         return seen
+
+    def administrators(self) -> list[str]:
+        """The realm's administrators (see ADMIN_ROLES), labelled; read-only calls only.
+
+        Needs view-clients (the realm-management client and its roles' members) and
+        view-users/view-realm (groups, realm roles), which the audit client holds. A refusal
+        becomes an entry saying so rather than an error: the rest of the audit stands.
+        """
+        from keycloak.exceptions import KeycloakError
+
+        s = self.runtime.settings
+        own = {str(s["sync_client_id"]).lower(): "coopctl's own client (coopctl sync)"} \
+            if s.get("sync_client_id") else {}
+        if s.get("client_id"):
+            own.setdefault(str(s["client_id"]).lower(),
+                           "coopctl's audit client" if own else "coopctl's own client")
+        try:
+            entries = _read_administrators(self.admin(), s["realm"], own)
+        except (KeycloakError, OSError, ValueError, ServiceUnavailable) as exc:
+            entries = [f"? the realm's administrators could not be listed: {_short(exc)} "
+                       "(the audit client needs view-clients, view-users and view-realm)"]
+        return [*entries, MASTER_NOTE]
 
     @staticmethod
     def _add(seen: SsoObservation, session: Mapping[str, Any], offline: bool) -> None:
@@ -174,6 +236,109 @@ class SsoConnector(Connector):
                 report(ChangeResult(change, False, f"Keycloak: {_short(exc)}"))
                 continue
             report(ChangeResult(change, True))
+
+
+@dataclass
+class Holder:
+    """A user or group holding admin roles; `roles` says which and how ("manage-users",
+    "manage-users via realm role ops"); `members`: a group's usernames, None if not read."""
+
+    kind: str  # "user" | "group"
+    name: str  # username, or the group's path
+    roles: set[str] = field(default_factory=set)
+    members: list[str] | None = None
+    more: bool = False  # a group with more than GROUP_MEMBERS_SHOWN members
+
+
+def admin_realm_roles(composites: Mapping[str, Iterable[tuple[bool, str]]]) -> dict[str, set[str]]:
+    """Realm roles that contain an admin role, even through other realm roles: name -> the
+    admin roles they contain. `composites` maps each composite realm role to its direct
+    composites as (is a realm-management role, name); other clients' roles are ignored."""
+    reach: dict[str, set[str]] = {
+        role: {name for client, name in parts if client and name in ADMIN_ROLES}
+        for role, parts in composites.items()}
+    nested = {role: {name for client, name in parts if not client and name in composites}
+              for role, parts in composites.items()}
+    changed = True
+    while changed:  # a fixpoint: composites of composites
+        changed = False
+        for role, inner in nested.items():
+            for other in inner:
+                if not reach[other] <= reach[role]:
+                    reach[role] |= reach[other]
+                    changed = True
+    return {role: admin for role, admin in reach.items() if admin}
+
+
+def admin_entries(holders: Iterable[Holder], own_clients: Mapping[str, str],
+                  everyone: Iterable[str] = ()) -> list[str]:
+    """One line per holder, sorted: service accounts name their client (coopctl's own ones
+    said so), groups their members. `everyone`: admin roles in the realm's default roles."""
+    out = []
+    for h in holders:
+        roles = ", ".join(sorted(h.roles))
+        if h.kind == "group":
+            names = ", ".join(h.members or []) + (", ..." if h.more else "")
+            who = f"members: {names}" if h.members else (
+                "no members" if h.members is not None else "members not read")
+            out.append(f"group {h.name} ({roles}; {who})")
+        elif h.name.startswith(SERVICE_ACCOUNT):
+            client = h.name.removeprefix(SERVICE_ACCOUNT)
+            label = own_clients.get(client.lower())
+            out.append(f"{h.name} (service account of client {client}"
+                       f"{': ' + label if label else ''}; {roles})")
+        else:
+            out.append(f"{h.name} (user; {roles})")
+    out.sort()
+    for via in sorted(everyone):
+        out.insert(0, f"every user of the realm ({via}: in the realm's default roles)")
+    return out
+
+
+def _read_administrators(admin: Any, realm: str, own_clients: Mapping[str, str]) -> list[str]:
+    """Holders of ADMIN_ROLES: users and groups, directly and through composite realm roles."""
+    holders: dict[tuple[str, str], Holder] = {}
+    groups: dict[str, str] = {}  # path -> id
+
+    def hold(kind: str, name: str, how: str) -> None:
+        holders.setdefault((kind, name), Holder(kind, name)).roles.add(how)
+
+    def take(users: list[dict[str, Any]], found: list[dict[str, Any]], how: str) -> None:
+        for u in users:
+            hold("user", u["username"], how)
+        for g in found:
+            groups[g.get("path") or g["name"]] = g["id"]
+            hold("group", g.get("path") or g["name"], how)
+
+    management = admin.get_client_id("realm-management")
+    if management is None:
+        raise ValueError("the realm has no realm-management client")
+    for role in ADMIN_ROLES:
+        take(admin.get_client_role_members(management, role),
+             admin.get_client_role_groups(management, role), role)
+    composites = {}
+    for role in admin.get_realm_roles():
+        if role.get("composite"):
+            parts = _json(admin.connection.raw_get(
+                f"admin/realms/{realm}/roles-by-id/{role['id']}/composites"))
+            composites[role["name"]] = [(p.get("containerId") == management, p["name"])
+                                        for p in parts if p.get("clientRole") is False
+                                        or p.get("containerId") == management]
+    everyone = []
+    default = f"default-roles-{realm}".lower()
+    for role, reached in sorted(admin_realm_roles(composites).items()):
+        how = f"{', '.join(sorted(reached))} via realm role {role}"
+        if role == default:
+            everyone.append(how)
+            continue
+        take(admin.get_realm_role_members(role), admin.get_realm_role_groups(role), how)
+    for path, group_id in groups.items():
+        members = admin.get_group_members(group_id, {"first": 0, "max": GROUP_MEMBERS_SHOWN + 1,
+                                                     "briefRepresentation": True})
+        h = holders[("group", path)]
+        h.members = sorted(m["username"] for m in members[:GROUP_MEMBERS_SHOWN])
+        h.more = len(members) > GROUP_MEMBERS_SHOWN
+    return admin_entries(holders.values(), own_clients, everyone)
 
 
 def _pages(fetch: Any) -> list[dict[str, Any]]:

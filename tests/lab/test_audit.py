@@ -4,7 +4,9 @@ misconfigured on purpose and pass once it is restored; the HTML report renders i
 
 Kinds of drift made directly in the services: a mailbox left for an address the directory does
 not know; a quota changed in the Nextcloud double; a member's wiki rule edited by hand; a pad
-group session held by a member who is not in the group. (A Keycloak session of a suspended
+group session held by a member who is not in the group. Keycloak's realm administrators
+(a member given manage-users directly, then through a group) show in the access matrix. (A
+Keycloak session of a suspended
 member cannot be made: Keycloak's LDAP filter drops it the moment the directory suspends them,
 see tests/lab/test_sync_sso.py.)
 """
@@ -23,6 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.lab.test_security_sso import admin_token, api, base
+from tests.lab.test_sso import REALM
 from tests.lab.test_sync_lifecycle import Coop, cloud_user, coop, pads_api
 
 __all__ = ["coop"]  # the lifecycle tests' fixture: plan, group, purge at the end
@@ -33,6 +37,7 @@ COOPCTL = str(Path(sys.executable).with_name("coopctl"))
 ACL_FILE = "/var/lib/dokuwiki/acl/acl.auth.php"
 GHOST = "ghost.nobody"
 GROUP = "audit-team"
+SSO_ADMINS = "audit-sso-admins"  # a directory group given manage-users in Keycloak, then not
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +130,62 @@ def test_the_audit_changes_nothing(lab, coop: Coop) -> None:
     # It read with the read-only accounts (cn=audit, the view-only Keycloak client).
     used = json.loads(result.stdout)["credentials"]
     assert used["directory"] == "cn=audit,ou=services,dc=demo,dc=coop (read-only)"
-    assert used["sso"] == "read-only account (audit.services)"
+    assert used["sso"].startswith("view roles only (audit.services)")
+    assert "not read-only in effect" in used["sso"]  # view-clients reveals client secrets
+
+
+def sso_admins(coop: Coop) -> list[str]:
+    data = json.loads(audit(coop, "--service", "sso", "--no-checks", "--format", "json",
+                            "--fail-on", "none").stdout)
+    return data["administrators"]["sso"]
+
+
+def test_sso_administrators_in_the_access_matrix(lab, coop: Coop) -> None:
+    """Keycloak's realm admins as the audit's view-only client lists them: coopctl's own
+    service account; a member given manage-users through a group (the federation is read-only,
+    so Keycloak refuses a role granted to a member directly: groups are how it is done), gone
+    once they leave the group; and the master realm's admins said to be out of its sight."""
+    groups = {g["name"] for g in json.loads(coop.run("group", "list", "--json").stdout)}
+    if SSO_ADMINS not in groups:
+        coop.run("group", "add", SSO_ADMINS)
+    uid, _ = coop.member("Kim", "--group", SSO_ADMINS)
+    kc = api(lab, admin_token(lab))  # the master admin makes the change, the audit reads it
+    url = f"{base(lab)}/admin/realms/{REALM}"
+    ldap = kc.get(f"{url}/components", params={
+        "type": "org.keycloak.storage.UserStorageProvider"}, timeout=30).json()[0]["id"]
+    mapper = next(m["id"] for m in kc.get(f"{url}/components", params={"parent": ldap},
+                                          timeout=30).json()
+                  if m["providerId"] == "group-ldap-mapper")
+    # The directory's groups into Keycloak's (as a login would): the group to grant a role to.
+    kc.post(f"{url}/user-storage/{ldap}/mappers/{mapper}/sync",
+            params={"direction": "fedToKeycloak"}, timeout=60).raise_for_status()
+    group = next(g for g in kc.get(f"{url}/groups", params={"search": SSO_ADMINS,
+                                                            "exact": "true"}, timeout=30).json()
+                 if g["name"] == SSO_ADMINS)
+    management = kc.get(f"{url}/clients", params={"clientId": "realm-management"},
+                        timeout=30).json()[0]["id"]
+    role = kc.get(f"{url}/clients/{management}/roles/manage-users", timeout=30).json()
+    grant = f"{url}/groups/{group['id']}/role-mappings/clients/{management}"
+    entry = f"group /{SSO_ADMINS} (manage-users; members: {uid})"
+
+    admins = sso_admins(coop)
+    mine = [a for a in admins if a.startswith("service-account-coopctl (")]
+    assert len(mine) == 1 and "coopctl's own client" in mine[0], admins
+    assert "manage-users" in mine[0]
+    assert admins[-1].startswith("not listed: the master realm's administrators")
+    assert not any(SSO_ADMINS in a for a in admins)
+
+    r = kc.post(grant, json=[role], timeout=30)
+    assert r.status_code == 204, r.text
+    try:
+        assert entry in sso_admins(coop)
+        coop.run("member", "modify", uid, "--remove-group", SSO_ADMINS)
+        admins = sso_admins(coop)
+        assert f"group /{SSO_ADMINS} (manage-users; no members)" in admins, admins
+        assert not any(uid in a for a in admins)
+    finally:
+        kc.delete(grant, json=[role], timeout=30).raise_for_status()
+    assert not any(SSO_ADMINS in a for a in sso_admins(coop))
 
 
 def check_outcome(lab, coop: Coop, name: str) -> str:
