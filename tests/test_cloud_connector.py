@@ -40,8 +40,18 @@ class RecordingHosts:
 
     def __init__(self, fail: Mapping[str, str] | None = None, error: str | None = None):
         self.runs: list[tuple[str, dict[str, Any]]] = []
+        self.signals: list[list[str]] = []
         self.fail = dict(fail or {})
         self.error = error
+
+    def signal(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
+        """Answers as the role's coop-cloud-end-sessions does: a line per uid."""
+        assert group == "cloud_servers" and argv[0] == "coop-cloud-end-sessions"
+        self.signals.append(list(argv))
+        if self.error is not None:
+            raise OSError(self.error)
+        return "".join(f"{uid}\t1\t{self.fail[uid]}\n" if uid in self.fail
+                       else f"{uid}\t0\t2 token(s) deleted\n" for uid in argv[1:])
 
     def read(self, group: str, argv: Sequence[str], timeout: float = 60) -> str:
         raise AssertionError("the cloud connector reads nothing over SSH")
@@ -275,7 +285,7 @@ def test_groups_follow_the_directory(cloud):
     assert conn.plan(want, obs) == []
 
 
-def test_suspend_restore_and_one_playbook_run(cloud):
+def test_suspend_restore_and_one_ssh_command_for_the_sessions(cloud):
     conn, hosts = cloud["conn"], cloud["hosts"]
     converge(conn, desired(member("jan"), member("eva"), member("ole")))
     want = desired(member("jan", status="suspended"), member("eva", status="departed"),
@@ -284,9 +294,8 @@ def test_suspend_restore_and_one_playbook_run(cloud):
     assert sorted((c.uid, c.action) for c in changes) == [
         ("eva", Action.SUSPEND), ("jan", Action.SUSPEND)
     ]
-    assert hosts.runs == [("sync.yml", {"coop_sync_cloud": [
-        {"uid": "eva", "action": "revoke"}, {"uid": "jan", "action": "revoke"},
-    ]})]
+    assert hosts.runs == []  # no Ansible run: the sessions end over one SSH command
+    assert hosts.signals == [["coop-cloud-end-sessions", "eva", "jan"]]
     obs = conn.observe()
     assert (obs.users["jan"].enabled, obs.users["eva"].enabled, obs.users["ole"].enabled) == (
         False, False, True)
@@ -295,7 +304,7 @@ def test_suspend_restore_and_one_playbook_run(cloud):
                                      member("ole")))
     assert [(c.uid, c.action) for c in changes] == [("jan", Action.RESTORE)]
     assert conn.observe().users["jan"].enabled
-    assert len(hosts.runs) == 1
+    assert len(hosts.signals) == 1
 
 
 def test_purge_and_remnant(cloud):
@@ -339,6 +348,16 @@ def test_failed_host_item_is_reported_against_its_member(cloud):
     assert not results["jan"].ok and "occ failed" in (results["jan"].error or "")
     assert "disabled" in (results["jan"].error or "")
     assert not conn.observe().users["jan"].enabled  # login is cut even so
+
+
+def test_an_unreachable_cloud_host_fails_each_suspension_but_the_login_is_cut(cloud):
+    hosts = RecordingHosts(error="ssh: connect to host apps port 22: No route to host")
+    conn = connector(cloud["base"], cloud["secret"], hosts)
+    converge(conn, desired(member("jan")))
+    changes = conn.plan(desired(member("jan", status="suspended")), conn.observe())
+    [result] = apply(conn, changes)
+    assert not result.ok and "ending its sessions failed: ssh: connect" in (result.error or "")
+    assert not conn.observe().users["jan"].enabled
 
 
 def test_export_goes_through_the_sync_playbook(tmp_path):
