@@ -565,10 +565,8 @@ class CloudConnector(PlaybookExport, Connector):
             result = {"ok": False, "error": str(message), "failed_items": {}}
         failed: Mapping[str, str] = result.get("failed_items") or {}
         error = None if result.get("ok", False) else (result.get("error") or "failed")
-        for change, item in waiting:
-            what = ("disabled, but ending its sessions on the cloud host failed"
-                    if item["action"] == "revoke"
-                    else "deleted, but removing its files on the cloud host failed")
+        what = "deleted, but removing its files on the cloud host failed"
+        for change, _item in waiting:
             if change.uid in failed:
                 report(ChangeResult(change, False,
                                     f"cloud: {change.uid}: {what}: {failed[change.uid]}"))

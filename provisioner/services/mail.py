@@ -340,8 +340,8 @@ class MailConnector(PlaybookExport, Connector):
         return ChangeResult(change, True)
 
     def _run_host_side(self, changes: Sequence[ServiceChange], report: Report) -> None:
-        items = [{"uid": c.uid, "mail": c.detail["mail"],
-                  "action": "kick" if c.action is Action.SUSPEND else "purge"} for c in changes]
+        """Purges, in one sync.yml run (suspensions are kicked over SSH: `_kick`)."""
+        items = [{"uid": c.uid, "mail": c.detail["mail"], "action": "purge"} for c in changes]
         try:
             result = self.runtime.hosts.playbook("sync.yml", {"coop_sync_mail": items})
         except Exception as exc:
@@ -353,13 +353,6 @@ class MailConnector(PlaybookExport, Connector):
                                     failed.get(change.uid) or result.get("error") or "failed"))
             elif change.uid in failed:
                 report(ChangeResult(change, False, failed[change.uid]))
-            elif change.action is Action.SUSPEND:
-                try:
-                    self.runtime.state.mark(SERVICE, KICKED, change.uid)
-                except Exception as exc:
-                    report(ChangeResult(change, False, f"kicked, but the state store: {exc}"))
-                    continue
-                report(ChangeResult(change, True))
             else:
                 report(ChangeResult(change, True))
 
