@@ -110,7 +110,8 @@ class ChangeSet:
         return f"uid={uid},{self.directory.people_dn}"
 
     def apply(self, conn: ldap3.Connection) -> None:
-        self.tx.commit(conn)
+        """Commit; a commit cut off by a broken connection is read back and settled."""
+        self.tx.commit(conn, settle=self.directory)
 
     def render(self) -> str:
         return "\n".join(c.render() for c in self.changes) or "No changes."

@@ -50,6 +50,8 @@ class DirectoryConfig:
     bind_secret_env: str = "COOPCTL_BIND_SECRET"
     admin_uri: str | None = None
     timeout: float = 10.0
+    # How long a server that refuses connections (slapd restarting) is tried again.
+    retry_seconds: float = 10.0
 
     @property
     def people_dn(self) -> str:
@@ -185,6 +187,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         bind_secret_env=d.get("bind_secret_env", "COOPCTL_BIND_SECRET"),
         admin_uri=d.get("admin_uri"),
         timeout=float(d.get("timeout", 10)),
+        retry_seconds=float(d.get("retry_seconds", 10)),
     )
     policy = data.get("policy", {})
     return Config(

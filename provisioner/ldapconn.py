@@ -12,6 +12,8 @@ it by (the CSV line). The bind password never appears in any of them.
 from __future__ import annotations
 
 import ssl
+import sys
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,7 @@ from ldap3.core.results import RESULT_CODES as RESULT_NAMES
 from provisioner import ber
 from provisioner.config import DirectoryConfig
 from provisioner.errors import ConfigError, Conflict, CoopError, DirectoryUnavailable, NotFound
+from provisioner.indoubt import was_applied
 
 START_TXN = "1.3.6.1.1.21.1"
 TXN_SPEC = "1.3.6.1.1.21.2"
@@ -70,8 +73,76 @@ def close_quietly(conn: ldap3.Connection) -> None:
         conn.unbind()
 
 
+# Errors that mean "nobody listens yet": worth waiting for, unlike a TLS or credentials error.
+_NOT_LISTENING = ("connection refused", "connection reset", "errno 111", "errno 104")
+
+
+def _not_listening(exc: BaseException) -> bool:
+    return any(marker in str(exc).lower() for marker in _NOT_LISTENING)
+
+
+def _establish(conn: ldap3.Connection, cfg: DirectoryConfig) -> None:
+    """Open, StartTLS and bind `conn` once."""
+    conn.open()
+    if cfg.tls == "starttls" and not conn.start_tls():
+        raise DirectoryUnavailable(
+            f"the directory at {cfg.uri} refused StartTLS: {conn.result.get('message')}",
+            "enable TLS on the server, or use an ldaps:// uri",
+        )
+    if not conn.bind():
+        result = conn.result or {}
+        code = result.get("result")
+        if code == 49:
+            raise DirectoryUnavailable(
+                f"the directory refused the credentials of {cfg.bind_dn}",
+                "check directory.bind_dn and the password in the bind secret file",
+            )
+        raise DirectoryUnavailable(
+            f"binding to {cfg.uri} as {cfg.bind_dn} failed: {result.get('description')} "
+            f"{result.get('message') or ''}".strip(),
+            "check that the server requires no stronger security than configured",
+        )
+
+
+def reopen(conn: ldap3.Connection, cfg: DirectoryConfig) -> None:
+    """(Re)open and bind `conn`, waiting up to ``cfg.retry_seconds`` while nobody listens.
+
+    The same Connection object is reused, so that whoever holds it goes on with it after a
+    broken connection was settled (see `Transaction.commit`).
+    """
+    deadline = time.monotonic() + cfg.retry_seconds
+    pause = 0.2
+    told = False
+    while True:
+        close_quietly(conn)
+        try:
+            _establish(conn, cfg)
+            return
+        except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSocketReceiveError,
+                ldap_exc.LDAPStartTLSError, ldap_exc.LDAPSocketSendError, ssl.SSLError,
+                OSError) as exc:
+            close_quietly(conn)
+            if not _not_listening(exc) or time.monotonic() + pause > deadline:
+                raise _unreachable(cfg, exc) from None
+            if not told:
+                sys.stderr.write(f"coopctl: the directory at {cfg.uri} does not answer yet "
+                                 f"({exc}); trying again for up to {cfg.retry_seconds:g} s\n")
+                told = True
+        except CoopError:
+            close_quietly(conn)
+            raise
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
+        conn.server.reset_availability()  # ldap3 skips an address that failed once
+
+
 def connect(cfg: DirectoryConfig, check_base: bool = True) -> ldap3.Connection:
-    """A bound connection as the coopctl service account."""
+    """A bound connection as the coopctl service account.
+
+    A server that refuses connections is tried again for up to ``cfg.retry_seconds``: slapd
+    restarting (after a crash, the openldap role has systemd start it again within about two
+    seconds, or after an upgrade) does not fail a cron sync or a command.
+    """
     server = _server(cfg.uri, cfg)
     secret = cfg.bind_secret()
     conn = ldap3.Connection(
@@ -83,31 +154,7 @@ def connect(cfg: DirectoryConfig, check_base: bool = True) -> ldap3.Connection:
         auto_referrals=False,
     )
     del secret
-    try:
-        conn.open()
-        if cfg.tls == "starttls" and not conn.start_tls():
-            raise DirectoryUnavailable(
-                f"the directory at {cfg.uri} refused StartTLS: {conn.result.get('message')}",
-                "enable TLS on the server, or use an ldaps:// uri",
-            )
-        if not conn.bind():
-            result = conn.result or {}
-            code = result.get("result")
-            if code == 49:
-                raise DirectoryUnavailable(
-                    f"the directory refused the credentials of {cfg.bind_dn}",
-                    "check directory.bind_dn and the password in the bind secret file",
-                )
-            raise DirectoryUnavailable(
-                f"binding to {cfg.uri} as {cfg.bind_dn} failed: {result.get('description')} "
-                f"{result.get('message') or ''}".strip(),
-                "check that the server requires no stronger security than configured",
-            )
-    except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSocketReceiveError,
-            ldap_exc.LDAPStartTLSError, ldap_exc.LDAPSocketSendError, ssl.SSLError,
-            OSError) as exc:
-        close_quietly(conn)
-        raise _unreachable(cfg, exc) from None
+    reopen(conn, cfg)
     if check_base:
         ok = conn.search(cfg.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["1.1"],
                          dereference_aliases=ldap3.DEREF_NEVER)
@@ -210,6 +257,16 @@ def live_socket(conn: ldap3.Connection, doing: str) -> Any:
 CONNECTION_ERRORS = (OSError, ldap_exc.LDAPCommunicationError)
 
 
+class BrokenCommit(Exception):
+    """The connection broke during a commit: before EndTransaction (nothing was written) or
+    after it (`in_doubt`: the server may or may not have committed)."""
+
+    def __init__(self, error: DirectoryUnavailable, in_doubt: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.in_doubt = in_doubt
+
+
 @dataclass
 class Transaction:
     """Collects writes, then sends them in one RFC 5805 transaction.
@@ -237,14 +294,45 @@ class Transaction:
     def __len__(self) -> int:
         return len(self.ops)
 
-    def commit(self, conn: ldap3.Connection) -> None:
+    def commit(self, conn: ldap3.Connection, settle: DirectoryConfig | None = None) -> None:
+        """Send every operation and EndTransaction.
+
+        With `settle` (the directory's settings), a connection that breaks is not the user's
+        problem: `conn` is opened again (waiting for a restarting slapd), a transaction that
+        was cut off while the server committed is read back, and the transaction is sent once
+        more unless it was applied. Only when that cannot tell, or fails again, does the error
+        reach the user.
+        """
+        try:
+            self._commit(conn)
+        except BrokenCommit as broken:
+            if settle is None:
+                raise broken.error from None
+            self._settle(conn, settle, broken)
+
+    def _settle(self, conn: ldap3.Connection, cfg: DirectoryConfig,
+                broken: BrokenCommit) -> None:
+        try:
+            reopen(conn, cfg)
+            applied = was_applied(conn, self.ops) if broken.in_doubt else False
+        except (CoopError, *CONNECTION_ERRORS, ldap_exc.LDAPException):
+            raise broken.error from None
+        if applied is None:
+            raise broken.error
+        if not applied:
+            try:
+                self._commit(conn)
+            except BrokenCommit as again:
+                raise again.error from None
+
+    def _commit(self, conn: ldap3.Connection) -> None:
         if not self.ops:
             return
         what = f"a change of {len(self.ops)} operation(s)"
         try:
             started = conn.extended(START_TXN)
         except CONNECTION_ERRORS as exc:
-            raise broken_connection(exc, what, in_doubt=False) from None
+            raise BrokenCommit(broken_connection(exc, what, in_doubt=False), False) from None
         if not started:
             raise CoopError(
                 "the directory does not support LDAP transactions "
@@ -257,7 +345,7 @@ class Transaction:
         try:
             refused = self._send_all(conn, reader, txn_id, sent)
         except CONNECTION_ERRORS as exc:
-            raise broken_connection(exc, what, in_doubt=False) from None
+            raise BrokenCommit(broken_connection(exc, what, in_doubt=False), False) from None
         if refused is not None:
             with suppress(*CONNECTION_ERRORS):
                 self._end(conn, reader, txn_id, commit=False)
@@ -265,7 +353,7 @@ class Transaction:
         try:
             response = self._end(conn, reader, txn_id, commit=True)
         except CONNECTION_ERRORS as exc:
-            raise broken_connection(exc, what, in_doubt=True) from None
+            raise BrokenCommit(broken_connection(exc, what, in_doubt=True), True) from None
         if response.result_code != 0:
             failed = sent.get(ber.txn_end_failed_id(response.value) or -1)
             raise _refusal(response, failed, f"the directory refused {what}",

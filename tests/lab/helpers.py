@@ -5,10 +5,12 @@ from __future__ import annotations
 import imaplib
 import secrets
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import ldap3
+from ldap3.core.exceptions import LDAPSocketOpenError
 
 from provisioner.hosts import InventoryHosts
 from provisioner.services.base import Runtime
@@ -47,7 +49,18 @@ def coopctl_connection(lab) -> ldap3.Connection:
         password=lab.secret("ldap_coopctl"),
         raise_exceptions=False,
     )
-    conn.open()
+    # As coopctl does (directory.retry_seconds): a slapd that systemd is starting again
+    # (see test_directory_restart.py) is waited for, not reported by every test that follows.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            conn.open()
+            break
+        except LDAPSocketOpenError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+            server.reset_availability()
     assert conn.start_tls(), conn.result
     assert conn.bind(), conn.result
     return conn

@@ -57,10 +57,14 @@ def test_every_service_works_on_debian_12() -> None:
     env = {k: v for k, v in os.environ.items() if k != "COOPCTL_LAB_NO_DEPLOY"}
     env.update(COOPCTL_LAB_SUITE="bookworm", COOPCTL_LAB_NAME="lab12", COOPCTL_LAB_INDEX="2")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *files],
+        [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-x", *files],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )
     summary = result.stdout.strip().splitlines()[-1:] or ["(no output)"]
     print(f"Debian 12 lab: {summary[0]}")
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    # The failing tests' names first: CI shows only the start of a long message.
+    failed = [line for line in result.stdout.splitlines()
+              if line.startswith(("FAILED ", "ERROR "))]
+    assert result.returncode == 0, "\n".join(failed) + "\n" + result.stdout[-6000:] \
+        + result.stderr[-3000:]
     assert " passed" in summary[0] and "skipped" not in summary[0], summary[0]

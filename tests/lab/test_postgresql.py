@@ -231,8 +231,19 @@ def dumps(host, cluster_id: str) -> list[str]:
     return sorted(line.rsplit("/", 2)[1] for line in out.splitlines())
 
 
+def until_next_second(host, newest: str) -> None:
+    """Wait until the host's clock (UTC, to the second, as in dump names) is past `newest`."""
+    deadline = time.monotonic() + 10
+    while newest and time.monotonic() < deadline:
+        now = host.check_output("date -u +%Y-%m-%dT%H%M%SZ")
+        if f"{now}.dump" > newest:
+            return
+        time.sleep(0.3)
+
+
 def test_the_dump_service_writes_a_dump_that_pg_restore_reads(dir_host, cluster_id):
     before = dumps(dir_host, cluster_id)
+    until_next_second(dir_host, max(before, default=""))
     # What the timer starts, started now (a oneshot: returns when the dump is done).
     dir_host.check_output(f"systemctl start pg_dump@{cluster_id}.service")
     after = dumps(dir_host, cluster_id)
@@ -266,6 +277,11 @@ def test_only_the_newest_dumps_are_kept(dir_host, cluster_id):
             f"install -d -o postgres -g postgres -m 0700 {BACKUP_ROOT}/{cluster_id}/{name} && "
             f"echo '{{}}' > {BACKUP_ROOT}/{cluster_id}/{name}/status"
         )
+    # pg_backupcluster names a dump after the second it starts, and the previous test's dump
+    # may be less than a second old: the same name would make this run fail.
+    newest = max((d for d in dumps(dir_host, cluster_id) if not d.startswith("2000-")),
+                 default="")
+    until_next_second(dir_host, newest)
     try:
         dir_host.check_output(f"systemctl start pg_dump@{cluster_id}.service")
         remaining = dumps(dir_host, cluster_id)
