@@ -226,6 +226,29 @@ def test_the_audit_reads_with_its_own_read_only_accounts() -> None:
     assert "one key for everything" in used["pads"]  # said, not hidden
 
 
+def test_when_coopctl_signs_with_a_key_the_audit_client_is_read_only_in_effect() -> None:
+    """coopctl's client with a key: no secret of coopctl's for view-clients to reveal, and the
+    audit's own key replaces coopctl's (never both in the settings the audit uses)."""
+    from provisioner.audit.run import read_only_config
+    config = _config({"audit": {"services": {"sso": {
+        "client_id": "coopctl-audit", "client_key_file": "/secrets/keycloak_audit_client.pem"}}}})
+    sso = {**config.services["sso"], "client_key_file": "/secrets/keycloak_coopctl_client.pem"}
+    del sso["client_secret_file"]
+    config.services["sso"] = sso
+    reader, used = read_only_config(config)
+    assert reader.services["sso"]["client_key_file"].endswith("keycloak_audit_client.pem")
+    assert "client_secret_file" not in reader.services["sso"]
+    assert "not read-only in effect" not in used["sso"]
+    assert "never holds" in used["sso"]
+    # a secret-holding coopctl client and an audit client with a key: coopctl's secret is
+    # neither used by the audit nor hidden from the report
+    config.services["sso"] = {**sso, "client_secret_file": "/secrets/keycloak_coopctl_client"}
+    del config.services["sso"]["client_key_file"]
+    reader, used = read_only_config(config)
+    assert "client_secret_file" not in reader.services["sso"]
+    assert "not read-only in effect" in used["sso"]
+
+
 def test_without_audit_accounts_the_report_says_it_read_with_writing_ones() -> None:
     from provisioner.audit.run import read_only_config
     reader, used = read_only_config(_config({}))

@@ -28,14 +28,19 @@ OWN_ACCESS = {
     "pads": "the Etherpad API key: Etherpad has one key for everything",
     "sso": "coopctl's own Keycloak credentials (can write): set audit.services.sso",
 }
+# Settings that say who a service's account is: an audit account replaces all of them.
+CREDENTIAL_KEYS = frozenset({"client_id", "client_key_file", "client_secret_file", "admin_user",
+                             "admin_secret_file", "admin_realm", "admin_client_id"})
 # What a read-only account of the `audit` section can still do, where the service allows more
 # than reading. Keycloak's view-clients, which listing sessions per client and the
-# realm-management role members needs, also returns every client's secret (coopctl's client
-# included, whose service account has manage-users): measured on Keycloak 26.7.
-READ_ONLY_LIMITS = {
-    "sso": "view roles only (audit.services), but Keycloak's view-clients also reveals client "
-           "secrets, coopctl's included: not read-only in effect",
-}
+# realm-management role members needs, also returns every client's secret: coopctl's client
+# (whose service account has manage-users) is safe from it only when it signs JWTs with a key
+# instead of holding a secret (measured on Keycloak 26.7).
+SSO_READ_ONLY = ("view roles only (audit.services); coopctl's client signs with a key that "
+                 "Keycloak never holds, so no secret the audit can read acts as it")
+SSO_SECRET_LEAK = ("view roles only (audit.services), but Keycloak's view-clients also reveals "
+                   "client secrets, coopctl's included (services.sso.client_secret_file): not "
+                   "read-only in effect; give coopctl's client a key (sso role, client_key_file)")
 
 
 def read_only_config(config: Config) -> tuple[Config, dict[str, str]]:
@@ -54,12 +59,20 @@ def read_only_config(config: Config) -> tuple[Config, dict[str, str]]:
     services: dict[str, dict[str, Any]] = {}
     for name, settings in config.services.items():
         override = creds.services.get(name)
-        services[name] = {**settings, **override} if override else settings
+        kept = settings
+        if override and CREDENTIAL_KEYS & set(override):
+            # The audit's account replaces coopctl's whole: no key or secret of coopctl's stays.
+            kept = {k: v for k, v in settings.items() if k not in CREDENTIAL_KEYS}
+        services[name] = {**kept, **override} if override else settings
         if override and settings.get("client_id") and override.get("client_id"):
             # The SSO's administrators name coopctl's own client (the sync's) as such.
             services[name]["sync_client_id"] = settings["client_id"]
-        if override:
-            used[name] = READ_ONLY_LIMITS.get(name, "read-only account (audit.services)")
+        if override and name == "sso":
+            own = config.services[name]
+            leaks = own.get("client_secret_file") and not own.get("client_key_file")
+            used[name] = SSO_SECRET_LEAK if leaks else SSO_READ_ONLY
+        elif override:
+            used[name] = "read-only account (audit.services)"
         else:
             used[name] = OWN_ACCESS.get(name, "the service's own settings")
     return replace(config, directory=creds.directory or config.directory,

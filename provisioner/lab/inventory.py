@@ -148,10 +148,10 @@ def write_coopctl_config(cfg: LabConfig, path: Path | None = None) -> Path:
         "inventory": str(cfg.inventory),
         "services": {
             # The sso role's confidential client (service account, session roles only),
-            # not the master realm's admin.
+            # not the master realm's admin; it signs its requests with its key.
             "sso": {"url": f"https://{cfg.address('dir')}:8443", "realm": "demo",
                     "client_id": "coopctl",
-                    "client_secret_file": str(cfg.secrets_dir / "keycloak_coopctl_client")},
+                    "client_key_file": str(cfg.secrets_dir / "keycloak_coopctl_client.pem")},
             "mail": {"host_group": "mail_servers", "smtp_host": cfg.address("mail"),
                      "smtp_port": 25, "imap_host": cfg.fqdn("mail"),
                      "submission_host": cfg.fqdn("mail"),
@@ -171,8 +171,8 @@ def write_coopctl_config(cfg: LabConfig, path: Path | None = None) -> Path:
         "audit": {
             "directory": {"bind_dn": "cn=audit,ou=services,dc=demo,dc=coop",
                           "bind_secret_file": str(cfg.secrets_dir / "ldap_audit")},
-            "services": {"sso": {"client_id": "coopctl-audit", "client_secret_file":
-                                 str(cfg.secrets_dir / "keycloak_audit_client")}},
+            "services": {"sso": {"client_id": "coopctl-audit", "client_key_file":
+                                 str(cfg.secrets_dir / "keycloak_audit_client.pem")}},
         },
     }
     path = path or cfg.state_dir / "coopctl.yaml"

@@ -48,11 +48,12 @@ ADMIN_ROLES: dict[str, str] = {
     "realm-admin": "every admin right in the realm",
     "manage-users": "creates, changes, disables and deletes users, sets passwords, grants roles",
     "manage-realm": "changes the realm and its LDAP federation, i.e. who may log in",
-    "manage-clients": "resets any client's secret, e.g. coopctl's (whose account has "
+    "manage-clients": "changes any client's secret or key, e.g. coopctl's (whose account has "
                       "manage-users)",
     "impersonation": "logs in as any member",
-    "view-clients": "reads any client's secret (Keycloak serves it to view-clients), e.g. "
-                    "coopctl's (whose account has manage-users)",
+    "view-clients": "reads the secret of every client that has one (Keycloak serves it to "
+                    "view-clients): the services' login clients, and coopctl's own unless it "
+                    "signs with a key (sso role: sso_service_clients[].key)",
 }
 SERVICE_ACCOUNT = "service-account-"
 # Members of a group holding an admin role named at most (an admin group is small).
@@ -113,7 +114,9 @@ class SsoConnector(Connector):
 
         Preferred: the sso role's confidential client `coopctl` of the coop's realm
         (client-credentials grant; its service account holds only view-realm, view-clients,
-        view-users and manage-users), so coopctl never holds the master realm's admin.
+        view-users and manage-users), so coopctl never holds the master realm's admin. It
+        proves itself with a JWT signed by its private key (client_key_file), which nothing
+        in Keycloak reveals, or else with a shared secret (client_secret_file).
         Fallback, for configurations written before that client existed: an admin of the
         master realm with a password (admin_user + admin_secret_file).
         """
@@ -125,7 +128,20 @@ class SsoConnector(Connector):
             url = s["url"].rstrip("/") + "/"
             verify = self.runtime.ca_file or True
             try:
-                if s.get("client_id"):
+                if s.get("client_id") and s.get("client_key_file"):
+                    from provisioner.services.keycloak_jwt import SignedJwtConnection
+
+                    connection = SignedJwtConnection(
+                        key_pem=self.runtime.secret("client_key_file"),
+                        server_url=url,
+                        realm_name=s["realm"],
+                        user_realm_name=s["realm"],
+                        client_id=s["client_id"],
+                        verify=verify,
+                        timeout=30,
+                    )
+                    self._admin = KeycloakAdmin(connection=connection)
+                elif s.get("client_id"):
                     connection = KeycloakOpenIDConnection(
                         server_url=url,
                         realm_name=s["realm"],

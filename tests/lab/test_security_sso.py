@@ -15,7 +15,9 @@ import urllib.parse
 
 import pytest
 import requests
+from jwcrypto import jwk
 
+from provisioner.services.keycloak_jwt import ASSERTION_TYPE, client_assertion, load_key
 from tests.lab.test_sso import (
     HOSTNAME,
     REALM,
@@ -52,12 +54,23 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def client_token(lab, client_id: str, secret_name: str) -> str:
-    r = session(lab).post(
-        f"{base(lab)}/realms/{REALM}/protocol/openid-connect/token",
-        data={"grant_type": "client_credentials", "client_id": client_id,
-              "client_secret": lab.secret(secret_name)},
-        timeout=30)
+def token_url(lab) -> str:
+    return f"{base(lab)}/realms/{REALM}/protocol/openid-connect/token"
+
+
+def issuer(lab) -> str:
+    """The audience of a client assertion: the realm's issuer (its public name, not the IP)."""
+    return session(lab).get(f"{base(lab)}/realms/{REALM}/.well-known/openid-configuration",
+                            timeout=30).json()["issuer"]
+
+
+def client_token(lab, client_id: str, key_name: str) -> str:
+    """A service client's token, asked for as coopctl does: with an assertion its key signed."""
+    key = load_key((lab.cfg.secrets_dir / key_name).read_text())
+    r = session(lab).post(token_url(lab), timeout=30, data={
+        "grant_type": "client_credentials", "client_id": client_id,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": client_assertion(key, client_id, issuer(lab))})
     assert r.status_code == 200, r.text
     return r.json()["access_token"]
 
@@ -80,7 +93,7 @@ def api(lab, token: str) -> requests.Session:
 
 @pytest.fixture(scope="module")
 def audit(lab) -> requests.Session:
-    return api(lab, client_token(lab, "coopctl-audit", "keycloak_audit_client"))
+    return api(lab, client_token(lab, "coopctl-audit", "keycloak_audit_client.pem"))
 
 
 def test_admin_paths_refused_from_a_member_host(lab):
@@ -242,7 +255,7 @@ def test_coopctl_client_can_end_sessions_but_not_touch_the_realm(lab, throwaway_
     directory = throwaway_directory(prefix="ssocli", given_name="Sso", services=("sso",))
     uid, _, password = directory.member()
     assert password_grant(lab, uid, password).status_code == 200
-    s = api(lab, client_token(lab, "coopctl", "keycloak_coopctl_client"))
+    s = api(lab, client_token(lab, "coopctl", "keycloak_coopctl_client.pem"))
     url = f"{base(lab)}/admin/realms/{REALM}"
     client = next(c for c in s.get(f"{url}/client-session-stats", timeout=30).json()
                   if c["clientId"] == TEST_CLIENT)
@@ -254,6 +267,30 @@ def test_coopctl_client_can_end_sessions_but_not_touch_the_realm(lab, throwaway_
     assert s.get(f"{url}/events", timeout=30).status_code == 403
     assert s.get(f"{base(lab)}/admin/realms/master/users", timeout=30).status_code == 403
     assert s.delete(f"{url}/sessions/{mine[0]['id']}", timeout=30).status_code == 204
+
+
+def test_nothing_the_audit_client_reads_acts_as_a_service_client(lab, audit):
+    """The audit's view-clients shows every client, and any secret Keycloak keeps for one:
+    coopctl's and the audit's own clients authenticate by a signed JWT, so no secret read
+    there gets a token, and an assertion signed by another key is refused too."""
+    url = f"{base(lab)}/admin/realms/{REALM}/clients"
+    for client_id in ("coopctl", "coopctl-audit"):
+        shown = audit.get(url, params={"clientId": client_id}, timeout=30).json()[0]
+        assert shown["clientAuthenticatorType"] == "client-jwt", shown
+        assert "BEGIN" not in shown["attributes"]["jwt.credential.certificate"]  # bare base64
+        read = audit.get(f"{url}/{shown['id']}/client-secret", timeout=30)
+        value = (read.json() if read.status_code == 200 else {}).get("value") or "none"
+        refused = session(lab).post(token_url(lab), timeout=30, data={
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": value})
+        assert refused.status_code in (400, 401), (client_id, refused.status_code)
+        stranger = jwk.JWK.generate(kty="RSA", size=2048)
+        forged = session(lab).post(token_url(lab), timeout=30, data={
+            "grant_type": "client_credentials", "client_id": client_id,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(stranger, client_id, issuer(lab))})
+        assert forged.status_code in (400, 401), (client_id, forged.status_code)
+    mode = oct((lab.cfg.secrets_dir / "keycloak_coopctl_client.pem").stat().st_mode & 0o777)
+    assert mode == "0o600", mode
 
 
 def test_authorization_code_login_through_the_wiki_client(lab, throwaway_directory):

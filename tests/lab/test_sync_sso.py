@@ -46,14 +46,20 @@ def test_suspension_refuses_refresh_tokens_at_once(lab, throwaway_directory, coo
 
 
 def test_connector_uses_the_coopctl_client_or_an_admin_password(lab, coopctl_config, tmp_path):
-    """The lab's config names the realm's confidential client (no master admin); a config
-    written before that client existed (admin_user + admin_secret_file) still works."""
+    """The lab's config names the realm's confidential client (no master admin), which signs
+    an assertion with its key for every token; a config written before that client existed
+    (admin_user + admin_secret_file) still works."""
     import yaml
 
     data = yaml.safe_load(coopctl_config.read_text())
     sso = data["services"]["sso"]
     assert sso["client_id"] == "coopctl" and "admin_user" not in sso
-    assert Sync(load(coopctl_config)).connectors(["sso"])["sso"].admin() is not None
+    assert "client_secret_file" not in sso and sso["client_key_file"].endswith(".pem")
+    admin = Sync(load(coopctl_config)).connectors(["sso"])["sso"].admin()
+    first = admin.connection.token["access_token"]
+    admin.connection.get_token()  # what python-keycloak does when a token expires
+    assert admin.connection.token["access_token"] != first
+    assert admin.get_realm(sso["realm"])["realm"] == sso["realm"]
     data["services"]["sso"] = {"url": sso["url"], "realm": sso["realm"], "admin_user": "admin",
                                "admin_secret_file": str(lab.state_dir / "secrets" /
                                                         "keycloak_admin")}
