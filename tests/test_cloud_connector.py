@@ -350,6 +350,42 @@ def test_failed_host_item_is_reported_against_its_member(cloud):
     assert not conn.observe().users["jan"].enabled  # login is cut even so
 
 
+def test_sessions_not_ended_are_ended_by_the_next_run(cloud):
+    """The token deletion failed (the cloud host unreachable): the account is disabled, so
+    only the state store remembers that jan's sessions live on; the next run ends them and
+    forgets it. The mark is set before the disable, so a run that dies in between counts too."""
+    state = MemoryState()
+    down = RecordingHosts(error="ssh: connect to host apps port 22: No route to host")
+    conn = connector(cloud["base"], cloud["secret"], down, state)
+    converge(conn, desired(member("jan"), member("eva")))
+    want = desired(member("jan", status="suspended"), member("eva"))
+    [result] = apply(conn, conn.plan(want, conn.observe()))
+    assert not result.ok
+    assert state.marks("cloud", "sessions-to-end") == {"jan"}
+    up = RecordingHosts()
+    conn = connector(cloud["base"], cloud["secret"], up, state)
+    [change] = conn.plan(want, conn.observe())
+    assert (change.uid, change.action, dict(change.detail)) == (
+        "jan", Action.SUSPEND, {"login": "already disabled", "sessions": "revoke"})
+    [result] = apply(conn, [change])
+    assert result.ok and up.signals == [["coop-cloud-end-sessions", "jan"]]
+    assert state.marks("cloud", "sessions-to-end") == set()
+    assert conn.plan(want, conn.observe()) == []
+    # a run that dies after the disable and before the SSH command: the mark is there
+    crashing = desired(member("jan", status="suspended"), member("eva", status="suspended"))
+    [suspend_eva] = conn.plan(crashing, conn.observe())
+    conn._apply_one(conn._client(), suspend_eva, set())  # disable, then "die"
+    assert state.marks("cloud", "sessions-to-end") == {"eva"}
+    assert [(c.uid, c.detail["login"]) for c in conn.plan(crashing, conn.observe())] == [
+        ("eva", "already disabled")]
+    # restored before the sessions were ended: nothing left to end
+    restored = [c for c in conn.plan(desired(member("jan", status="suspended"), member("eva")),
+                                     conn.observe())]
+    assert [(c.uid, c.action) for c in restored] == [("eva", Action.RESTORE)]
+    apply(conn, restored)
+    assert state.marks("cloud", "sessions-to-end") == set()
+
+
 def test_an_unreachable_cloud_host_fails_each_suspension_but_the_login_is_cut(cloud):
     hosts = RecordingHosts(error="ssh: connect to host apps port 22: No route to host")
     conn = connector(cloud["base"], cloud["secret"], hosts)

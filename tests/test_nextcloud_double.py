@@ -10,6 +10,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -425,6 +426,27 @@ def test_session_tokens_follow_nextclouds_login(double):
     assert r.returncode == 1 and "user not found" in r.stderr
 
 
+def test_tokens_last_used_before_a_date_are_deleted_in_one_call(double):
+    """``user:auth-tokens:delete UID --last-used-before DATE``: what coop-cloud-end-sessions
+    runs, one call per member, whatever the tokens' ids."""
+    _make(double, "tlb")
+    for _ in range(2):
+        assert occ(double, "user:auth-tokens:add", "tlb").returncode == 0
+    assert len(tokens(double, "tlb")) == 2
+    r = occ(double, "user:auth-tokens:delete", "tlb", "--last-used-before=2000-01-01")
+    assert r.returncode == 0 and len(tokens(double, "tlb")) == 2  # none that old
+    r = occ(double, "user:auth-tokens:delete", "tlb", "1", "--last-used-before=2000-01-01")
+    assert r.returncode == 1 and "cannot be used with [<id>]" in r.stderr
+    r = occ(double, "user:auth-tokens:delete", "tlb", "--last-used-before=soon")
+    assert r.returncode == 1 and "Invalid date format" in r.stderr
+    tomorrow = str(int(time.time()) + 86400)
+    r = occ(double, "user:auth-tokens:delete", "tlb", f"--last-used-before={tomorrow}")
+    assert r.returncode == 0 and tokens(double, "tlb") == []
+    # a uid without tokens, or unknown: nothing to do, no error (as in Nextcloud)
+    assert occ(double, "user:auth-tokens:delete", "ghost",
+                f"--last-used-before={tomorrow}").returncode == 0
+
+
 def test_disabled_users_tokens_stop_working(double):
     _make(double, "tokd")
     r = occ(double, "user:auth-tokens:add", "tokd")
@@ -506,3 +528,40 @@ def test_store_failed_step_undoes_only_itself(tmp_path):
     assert store.uids() == ["kept"]
     store.close()
     assert Store(tmp_path / "store.sqlite").uids() == ["kept"]
+
+
+# ------------------------------------------------------------ the cloud role's end-sessions command
+def test_the_roles_end_sessions_command_against_the_double(double, tmp_path):
+    """The cloud role's coop-cloud-end-sessions, rendered as the role renders it for the
+    double, run with the double's occ on PATH: every token of each member goes, one line per
+    uid, a bad uid is refused and an unknown one is no error."""
+    import os
+
+    import jinja2
+
+    from provisioner.resources import playbooks_dir
+
+    source = playbooks_dir() / "roles" / "cloud" / "templates" / "coop-cloud-end-sessions.j2"
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    script = tmp_path / "coop-cloud-end-sessions"
+    script.write_text(env.from_string(source.read_text()).render(
+        ansible_managed="test", cloud_flavour="double", cloud_nextcloud_root="/var/www/nextcloud",
+        cloud_end_sessions_parallel=2))
+    occ_double = tmp_path / "bin" / "occ-double"
+    occ_double.parent.mkdir()
+    occ_double.write_text(f"#!/bin/sh\nexec {sys.executable} -m nextcloud_double occ "
+                          f"--store {double['store']} \"$@\"\n")
+    occ_double.chmod(0o755)
+    for uid in ("ends1", "ends2"):
+        _make(double, uid)
+        for _ in range(2):
+            assert occ(double, "user:auth-tokens:add", uid).returncode == 0
+    run_env = {**double["env"], "PATH": f"{occ_double.parent}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, str(script), "ends1", "ghost", "bad uid!", "ends2"],
+                          env=run_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split("\t")[0]: line.split("\t")[1:] for line in done.stdout.splitlines()}
+    assert lines == {"ends1": ["0", "tokens deleted"], "ghost": ["0", "tokens deleted"],
+                     "bad uid!": ["1", "not a member's uid"], "ends2": ["0", "tokens deleted"]}
+    assert tokens(double, "ends1") == [] and tokens(double, "ends2") == []

@@ -64,6 +64,10 @@ TIMEOUT = 30
 UNMANAGED_GROUPS = frozenset({"admin"})
 # State-store kind of the groups coopctl has put members in (so it may also take them out).
 GROUP_MARK = "managed-group"
+# State-store kind of the suspended members whose sessions are not known to be ended: set
+# before the account is disabled, cleared once the cloud host deleted their tokens. A run that
+# failed (or died) in between leaves it, and the next run ends the sessions then.
+SESSIONS_MARK = "sessions-to-end"
 _ACTION_ORDER = {action: index for index, action in enumerate(Action)}
 # OCS v2 success status; "already exists" answers of addUser and addGroup.
 _OK = 200
@@ -89,6 +93,7 @@ class CloudObservation:
     groups: frozenset[str]
     managed_groups: frozenset[str] = frozenset()
     findings: list[Finding] = field(default_factory=list)
+    sessions_to_end: frozenset[str] = frozenset()  # SESSIONS_MARK
 
     @property
     def accounts(self) -> frozenset[str]:
@@ -322,8 +327,10 @@ class CloudConnector(PlaybookExport, Connector):
                                      else f"cloud: listing failed: {exc}") from None
         finally:
             client.session.close()
-        managed = frozenset(self.runtime.state.marks(self.name, GROUP_MARK))
-        return CloudObservation(users=users, groups=groups, managed_groups=managed)
+        state = self.runtime.state
+        return CloudObservation(users=users, groups=groups,
+                                managed_groups=frozenset(state.marks(self.name, GROUP_MARK)),
+                                sessions_to_end=frozenset(state.marks(self.name, SESSIONS_MARK)))
 
     # ------------------------------------------------------------------ plan
     def plan(self, desired: Mapping[str, Desired], observed: Observation) -> list[ServiceChange]:
@@ -343,7 +350,8 @@ class CloudConnector(PlaybookExport, Connector):
         for uid in sorted(desired):
             want = desired[uid]
             account = observed.users.get(uid)
-            changes += self._plan_member(want, account, managed, findings)
+            changes += self._plan_member(want, account, managed, findings,
+                                         uid in observed.sessions_to_end)
         for uid in sorted(observed.users.keys() - desired.keys() - {self._admin}):
             findings.append(Finding(self.name, uid,
                                     "account in the cloud that the directory does not know "
@@ -355,7 +363,8 @@ class CloudConnector(PlaybookExport, Connector):
         return ServiceChange(self.name, action, uid, detail)
 
     def _plan_member(self, want: Desired, account: CloudAccount | None,
-                     managed: frozenset[str], findings: list[Finding]) -> list[ServiceChange]:
+                     managed: frozenset[str], findings: list[Finding],
+                     sessions_to_end: bool = False) -> list[ServiceChange]:
         member, uid = want.member, want.uid
         if want.phase in (Phase.PURGE, Phase.GONE):
             if account is None:
@@ -366,6 +375,10 @@ class CloudConnector(PlaybookExport, Connector):
         if want.phase is Phase.DISABLED:
             if account is not None and account.enabled:
                 return [self._change(Action.SUSPEND, uid, login="disable", sessions="revoke")]
+            if account is not None and sessions_to_end:
+                # disabled by an earlier run whose token deletion failed or never ran
+                return [self._change(Action.SUSPEND, uid, login="already disabled",
+                                     sessions="revoke")]
             return []
         groups = sorted(member.groups - UNMANAGED_GROUPS)
         if account is None:
@@ -445,12 +458,13 @@ class CloudConnector(PlaybookExport, Connector):
 
     def _end_sessions(self, changes: Sequence[ServiceChange], report: Report) -> None:
         """Delete the auth tokens of the batch's suspended members: one SSH command running
-        the role's ``coop-cloud-end-sessions`` (occ ``user:auth-tokens:list``/``delete`` per
-        member), not an Ansible run. The accounts are already disabled through OCS, but
-        their browser sessions and app passwords last until the cloud's next periodic check;
-        a suspension must end them within seconds (the watcher's target: 5 s), where the
-        playbook run cost 4-8 s for one member and about 1 s more per member (measured by
-        bench/bench_watch_lab.py). Deleting tokens ends sessions and keeps every file."""
+        the role's ``coop-cloud-end-sessions`` (one ``occ user:auth-tokens:delete UID
+        --last-used-before`` per member, a few members at a time), not an Ansible run. The
+        accounts are already disabled through OCS, but their browser sessions and app
+        passwords last until the cloud's next periodic check; a suspension must end them
+        within seconds (the watcher's target: 5 s), where the playbook run cost 4-8 s for one
+        member and about 1 s more per member (measured by bench/bench_watch_lab.py). Deleting
+        tokens ends sessions and keeps every file."""
         uids = [c.uid for c in changes]
         try:
             out = self.runtime.hosts.signal(self._host_group,
@@ -469,6 +483,7 @@ class CloudConnector(PlaybookExport, Connector):
         for change in changes:
             code, text = results.get(change.uid, ("1", "the cloud host gave no answer"))
             if code == "0":
+                self.runtime.state.unmark(self.name, SESSIONS_MARK, change.uid)
                 report(ChangeResult(change, True))
             else:
                 report(ChangeResult(change, False, f"cloud: {change.uid}: disabled, but ending "
@@ -511,6 +526,7 @@ class CloudConnector(PlaybookExport, Connector):
             return None
         if change.action is Action.RESTORE:
             self._ocs(client, "PUT", f"{user_path}/enable")
+            self.runtime.state.unmark(self.name, SESSIONS_MARK, uid)
             return None
         if change.action is Action.QUOTA:
             self._put(client, user_path, "quota", self._quota_value(str(detail["to"])))
@@ -525,11 +541,15 @@ class CloudConnector(PlaybookExport, Connector):
             self._mark_groups(add)
             return None
         if change.action is Action.SUSPEND:
-            self._ocs(client, "PUT", f"{user_path}/disable")
+            # Marked first: if this run dies after the disable, the next one still ends them.
+            self.runtime.state.mark(self.name, SESSIONS_MARK, uid)
+            if detail.get("login") == "disable":
+                self._ocs(client, "PUT", f"{user_path}/disable")
             return {"uid": uid, "action": "revoke"}  # ended at once, see _end_sessions
         if change.action is Action.PURGE:
             # 998: already deleted (a run interrupted after the delete): still clean files up
             self._ocs(client, "DELETE", user_path, accept=(_OK, 998))
+            self.runtime.state.unmark(self.name, SESSIONS_MARK, uid)  # its tokens went with it
             return self._item(uid, "purge_files")
         raise _Failed(f"the cloud connector does not apply {change.action}")
 

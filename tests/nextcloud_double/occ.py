@@ -11,7 +11,9 @@ found"), exit code 1. ``user:delete`` also removes the user's home
 ``user:auth-tokens:list <uid>`` prints each token's public part (id, name,
 lastActivity, type: 0 session / 1 app password, scope), never its secret;
 ``user:auth-tokens:delete <uid> <id>`` deletes one (no error when it is already
-gone: Nextcloud's ``invalidateTokenById`` is silent too); ``user:auth-tokens:add
+gone: Nextcloud's ``invalidateTokenById`` is silent too), ``user:auth-tokens:delete <uid>
+--last-used-before <date>`` every one used before the date (``invalidateLastUsedBefore``, no
+check that the user exists); ``user:auth-tokens:add
 <uid>`` creates an app password and prints it once.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime
 
 from . import DOUBLE_NAME
 from .server import OCSError, apply_edit
@@ -74,8 +77,23 @@ def _settings(user: dict) -> dict:
     return {app: keys for app, keys in settings.items() if keys}
 
 
-def _auth_tokens(store: Store, cmd: str, rest: list[str], output: str) -> int:
-    """``occ user:auth-tokens:list|add|delete`` (core/Command/User/AuthTokens)."""
+def _date_option(text: str) -> int | None:
+    """Delete.php's parseDateOption: unix seconds, ISO 8601 without fractions, or YYYY-MM-DD."""
+    if text.isdigit() and int(text):
+        return int(text)
+    for pattern in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"):
+        try:
+            parsed = datetime.strptime(text, pattern)
+        except ValueError:
+            continue
+        return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+    return None
+
+
+def _auth_tokens(store: Store, cmd: str, rest: list[str], output: str,
+                 last_used_before: str | None = None) -> int:
+    """``occ user:auth-tokens:list|add|delete`` (core/Command/User/AuthTokens); delete takes
+    a token id, or ``--last-used-before DATE`` for every token of the user used before it."""
     if not rest:
         missing = "user" if cmd.endswith(":list") else "uid" if cmd.endswith(":delete") else "user"
         print(f'Not enough arguments (missing: "{missing}").', file=sys.stderr)
@@ -105,14 +123,23 @@ def _auth_tokens(store: Store, cmd: str, rest: list[str], output: str) -> int:
         print(secret)
         return 0
     if cmd == "user:auth-tokens:delete":
-        if len(rest) < 2 or not rest[1].isdigit() or int(rest[1]) == 0:
-            print(
-                "Not enough arguments. Specify the token <id> or use the --last-used-before "
-                "or --all option.",
-                file=sys.stderr,
-            )
+        token_id = int(rest[1]) if len(rest) > 1 and rest[1].isdigit() else 0
+        if last_used_before:
+            if token_id:
+                print("Option --last-used-before cannot be used with [<id>]", file=sys.stderr)
+                return 1
+            before = _date_option(last_used_before)
+            if before is None:
+                print('Invalid date format. Acceptable formats are: ISO8601 (w/o fractions), '
+                      '"YYYY-MM-DD" and Unix time in seconds.', file=sys.stderr)
+                return 1
+            store.delete_tokens_last_used_before(uid, before)
+            return 0
+        if not token_id:
+            print("Not enough arguments. Specify the token <id> or use the --last-used-before "
+                  "option.", file=sys.stderr)
             return 1
-        store.delete_token(int(rest[1]), uid)
+        store.delete_token(token_id, uid)
         return 0
     print(
         f'Command "{cmd}" is not defined in this occ double (a Nextcloud contract double).',
@@ -137,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs="*")
     parser.add_argument("--delete", action="store_true", help="user:setting: delete the key")
     parser.add_argument("--info", "-i", action="store_true", help="user:list: show details")
+    parser.add_argument("--last-used-before", help="user:auth-tokens:delete: every token "
+                        "of the user last used before this date")
     args = parser.parse_args(argv)
     store = Store(args.store, args.data_dir)
     try:
@@ -165,7 +194,7 @@ def _run(store: Store, args: argparse.Namespace) -> int:
         return 1
 
     if cmd.startswith("user:auth-tokens:"):
-        return _auth_tokens(store, cmd, rest, args.output)
+        return _auth_tokens(store, cmd, rest, args.output, args.last_used_before)
 
     if cmd == "user:info":
         user = store.get_user(rest[0])

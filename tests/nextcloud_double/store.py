@@ -472,6 +472,13 @@ class Store:
             )
         ]
 
+    def delete_tokens_last_used_before(self, uid: str, before: int) -> None:
+        """Nextcloud's invalidateLastUsedBefore: the user's tokens last used before `before`
+        (unix time); no check that the user exists, as in Nextcloud."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM tokens WHERE uid = ? AND last_activity < ?",
+                              (uid, before))
+
     def delete_token(self, token_id: int, uid: str | None = None) -> None:
         """Nextcloud's invalidateTokenById: silently nothing when there is no such token."""
         with self.transaction():
