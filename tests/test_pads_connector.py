@@ -740,3 +740,47 @@ def test_etherpad_errors_carry_etherpads_message(etherpad: Etherpad,
                                                  pads: PadsConnector) -> None:
     with pytest.raises(EtherpadError, match="groupID does not exist"):
         pads.call("listPads", groupID="g.nonenonenone0000")
+
+
+# -- the ID book ----------------------------------------------------------------------------
+def test_the_id_book_reads_the_store_once_and_writes_through(tmp_path: Path) -> None:
+    """Reading every remembered ID once per member made a first sync quadratic: the book is
+    read once (and again after reload()), every write goes to the store at once, never two IDs
+    for one key; a leftover second ID (an older version's) is forgotten, to be derived again."""
+    from provisioner.journal import Journal
+    from provisioner.services.pads import _IdBook
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.mark("pads", "author-id", "old=a.1")
+    journal.mark("pads", "author-id", "old=a.2")  # two IDs for one key
+    journal.mark("pads", "author-id", "kept=a.3")
+    reads = 0
+    marks = journal.marks
+
+    def counting(service: str, kind: str) -> set[str]:
+        nonlocal reads
+        reads += 1
+        return marks(service, kind)
+
+    journal.marks = counting  # type: ignore[method-assign]
+    book = _IdBook(journal)
+    assert dict(book.authors()) == {"kept": "a.3"}
+    assert marks("pads", "author-id") == {"kept=a.3"}
+    for n in range(50):
+        book.set_author(f"m{n}", f"a.{n}x")
+        assert book.authors()[f"m{n}"] == f"a.{n}x"
+    book.set_author("m0", "a.new")
+    book._write(book.AUTHOR_ID, "m1", None)  # what forget() does
+    before = reads
+    assert book.authors()["m0"] == "a.new" and "m1" not in book.authors()
+    assert reads == before  # no store read per call
+    stored = marks("pads", "author-id")
+    assert "m0=a.new" in stored and "m0=a.0x" not in stored and not any(
+        e.startswith("m1=") for e in stored)
+    # another process writes: seen after reload()
+    marks_before = reads
+    journal.mark("pads", "author-id", "other=a.9")
+    assert "other" not in book.authors()
+    book.reload()
+    assert book.authors()["other"] == "a.9" and reads > marks_before
+    journal.close()

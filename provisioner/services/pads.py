@@ -27,10 +27,12 @@ import contextlib
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -108,26 +110,57 @@ class _IdBook:
 
     def __init__(self, state: StateStore) -> None:
         self.state = state
+        # Each ID book read once from the store, then kept in step with every write: reading
+        # the whole book again per member made a first sync quadratic in the coop's size.
+        self._books: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
 
-    def _read(self, kind: str) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for entry in self.state.marks(SERVICE, kind):
-            key, sep, value = entry.rpartition("=")
-            if sep and key and value:
-                out[key] = value
-        return out
+    def _book(self, kind: str) -> dict[str, str]:
+        book = self._books.get(kind)
+        if book is None:
+            book, doubtful = {}, set()
+            for entry in self.state.marks(SERVICE, kind):
+                key, sep, value = entry.rpartition("=")
+                if sep and key and value:
+                    if key in book:
+                        doubtful.add(key)
+                    book[key] = value
+            for key in doubtful:  # two IDs for one key (an older version's leftover): forget
+                for entry in self.state.marks(SERVICE, kind):  # both; Etherpad derives it again
+                    if entry.rpartition("=")[0] == key:
+                        self.state.unmark(SERVICE, kind, entry)
+                del book[key]
+            self._books[kind] = book
+        return book
+
+    def _read(self, kind: str) -> Mapping[str, str]:
+        with self._lock:
+            return MappingProxyType(self._book(kind))
 
     def _write(self, kind: str, key: str, value: str | None) -> None:
-        for entry in self.state.marks(SERVICE, kind):
-            if entry.rpartition("=")[0] == key and entry != f"{key}={value}":
-                self.state.unmark(SERVICE, kind, entry)
-        if value is not None:
-            self.state.mark(SERVICE, kind, f"{key}={value}")
+        with self._lock:
+            book = self._book(kind)
+            old = book.get(key)
+            if old == value:
+                return
+            # The old ID goes first: a crash in between forgets the key, and Etherpad derives
+            # the same ID again from its mapper; never two IDs for one key.
+            if old is not None:
+                self.state.unmark(SERVICE, kind, f"{key}={old}")
+                del book[key]
+            if value is not None:
+                self.state.mark(SERVICE, kind, f"{key}={value}")
+                book[key] = value
 
-    def authors(self) -> dict[str, str]:
+    def reload(self) -> None:
+        """Read the books from the store again at the next use."""
+        with self._lock:
+            self._books.clear()
+
+    def authors(self) -> Mapping[str, str]:
         return self._read(self.AUTHOR_ID)
 
-    def groups(self) -> dict[str, str]:
+    def groups(self) -> Mapping[str, str]:
         return self._read(self.GROUP_ID)
 
     def created(self) -> set[str]:
@@ -215,6 +248,7 @@ class PadsConnector(Connector):
         self._http.trust_env = False
         self._key: str | None = None
         self.ids = _IdBook(runtime.state)
+        self._fresh_groups: set[str] = set()  # group mappers asked of Etherpad in this run
 
     # -- HTTP API ---------------------------------------------------------------------------
 
@@ -361,9 +395,10 @@ class PadsConnector(Connector):
         def keep(uid: str) -> bool:
             return wanted is None or uid in wanted
 
+        self.ids.reload()  # another process (a sync beside the watcher) may have written
         all_groups = frozenset(self.call("listAllGroups")["groupIDs"] or ())
         groups, personal = {}, {}
-        for mapper, gid in self.ids.groups().items():
+        for mapper, gid in dict(self.ids.groups()).items():
             if gid not in all_groups:
                 continue
             kind, _, key = mapper.partition(":")
@@ -371,7 +406,7 @@ class PadsConnector(Connector):
                 groups[key] = gid
             elif kind == "user":
                 personal[key] = gid
-        remembered = {uid: a for uid, a in self.ids.authors().items() if keep(uid)}
+        remembered = {uid: a for uid, a in dict(self.ids.authors()).items() if keep(uid)}
         uid_of = {author: uid for uid, author in remembered.items()}
         found: dict[str, dict[str, Session]] = {}  # uid -> session ID -> session
         for cn in sorted(groups):
@@ -464,6 +499,7 @@ class PadsConnector(Connector):
         When Etherpad cannot be used at all (ServiceUnavailable), the change at hand and every
         remaining one are reported as failed, then ServiceUnavailable is raised for the sync.
         """
+        self._fresh_groups = set()
         for index, change in enumerate(changes):
             try:
                 self._apply_one(change)
@@ -494,7 +530,10 @@ class PadsConnector(Connector):
             self.ids.set_suspended(uid, False)
         elif change.action is Action.GROUPS:
             for cn in detail.get("add", ()):
-                self.group_id(group_mapper(cn), fresh=True)  # a stale ID is replaced
+                mapper = group_mapper(cn)
+                if mapper not in self._fresh_groups:  # once per run, not once per member
+                    self.group_id(mapper, fresh=True)  # a stale ID is replaced
+                    self._fresh_groups.add(mapper)
             left = {gid for cn in detail.get("remove", ())
                     if (gid := self.group_id(group_mapper(cn), derive=False))}
             if left:
