@@ -365,10 +365,23 @@ class Sync:
             outcome = "ok" if not summary.failed and not any(
                 p.error for p in plan.services.values()) else "partial"
         finally:
-            complete = not plan.desired or len(plan.desired) == plan.members_read - sum(
-                1 for f in plan.findings if f.severity == "error")
-            self.journal.finish_run(run, plan.members_read if complete else None, outcome)
+            self.journal.finish_run(run, self._members_seen(plan), outcome)
         return summary
+
+    def record_no_changes(self, plan: SyncPlan) -> None:
+        """A sync that found nothing to do is a successful run too: recorded, it is the
+        member-count guard's new reference and clears a watcher's alert (which waits for a
+        full sync that succeeded after it)."""
+        run = self.journal.start_run()
+        outcome = "partial" if any(p.error for p in plan.services.values()) else "ok"
+        self.journal.finish_run(run, self._members_seen(plan), outcome)
+
+    @staticmethod
+    def _members_seen(plan: SyncPlan) -> int | None:
+        """How many members the run read, when it read them all (no member left out)."""
+        complete = not plan.desired or len(plan.desired) == plan.members_read - sum(
+            1 for f in plan.findings if f.severity == "error")
+        return plan.members_read if complete else None
 
     def _in_parallel(self, connectors: Mapping[str, Connector],
                      batches: Mapping[str, list[ServiceChange]],

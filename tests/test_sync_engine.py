@@ -309,3 +309,24 @@ def test_directory_gone_mid_way_then_the_next_run_finishes(with_plans, sync_conf
     summary = sync.apply(plan)
     assert summary.purged == ["ana.lima"]
     assert sync.plan().due == set()
+
+
+def test_a_sync_with_nothing_to_do_is_recorded_as_a_run(with_plans, config) -> None:
+    """`coopctl sync` that finds nothing to do succeeded all the same: its run is recorded, so
+    the member-count guard's reference is today's count and a watcher's alert (which waits for
+    a full sync that succeeded after it) clears; a dry run records nothing."""
+    add(with_plans, "ana.lima", "bob.dupont")
+    journal_path = config.sync.journal
+    if journal_path.exists():
+        journal_path.unlink()
+    with_plans("sync", "--dry-run")
+    assert not journal_path.exists() or Journal(journal_path).last_member_count() is None
+    result = with_plans("sync", "--yes")
+    assert "No changes" in result.output or "0 change" in result.output
+    journal = Journal(journal_path)
+    try:
+        assert journal.last_member_count() == 2
+        rows = journal.db.execute("SELECT outcome, members FROM runs")
+        assert [tuple(r) for r in rows] == [("ok", 2)]
+    finally:
+        journal.close()

@@ -95,6 +95,8 @@ def sync(state: State, dry_run: bool, services: tuple[str, ...], members: tuple[
         click.echo(render_plan(plan))
     changes = plan.changes()
     if dry_run or not changes:
+        if not dry_run:
+            engine.record_no_changes(plan)
         if as_json:
             emit(True, {"plan": plan.to_dict(), "applied": False}, "")
         _exit_for(plan, None)
