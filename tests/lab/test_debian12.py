@@ -48,16 +48,22 @@ SERVICE_TESTS = (
     "test_security_web.py",
     "test_watch.py",
 )
+# Release-independent, and long: run on the session's own lab only.
+DESELECTED = (
+    "test_watch.py::test_a_deleted_group_past_the_guard_is_held_in_the_services",
+)
 
 
-def test_every_service_works_on_debian_12() -> None:
+def test_every_service_works_on_debian_12(tmp_path: Path) -> None:
     if default_suite() == "bookworm":
         pytest.skip("this session's own lab already runs Debian 12")
     files = [str(LAB_TESTS / name) for name in SERVICE_TESTS]
     env = {k: v for k, v in os.environ.items() if k != "COOPCTL_LAB_NO_DEPLOY"}
     env.update(COOPCTL_LAB_SUITE="bookworm", COOPCTL_LAB_NAME="lab12", COOPCTL_LAB_INDEX="2")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-x", *files],
+        [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-x",
+         "--basetemp", str(tmp_path / "pytest"),
+         *[f"--deselect=tests/lab/{name}" for name in DESELECTED], *files],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )
     summary = result.stdout.strip().splitlines()[-1:] or ["(no output)"]

@@ -80,7 +80,8 @@ def watching(lab, coopctl_config: Path, tmp_path_factory: pytest.TempPathFactory
         shown = subprocess.run([COOPCTL, "--config", str(coopctl_config), "watch",
                                 "--status", "--json"], capture_output=True, text=True,
                                check=False)
-        return shown.returncode == 0 and json.loads(shown.stdout)["state"] == "streaming"
+        # 9: an alert stands (an earlier run's guard); the watcher streams all the same
+        return shown.returncode in (0, 9) and json.loads(shown.stdout)["state"] == "streaming"
 
     try:
         # the first start is a full sync of the lab's directory (no cookie yet)
@@ -186,6 +187,52 @@ def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
     for what, (after_write, after_start) in clock.figures.items():
         print(f"latency {what}: {after_write:.2f} s after the write "
               f"({after_start:.2f} s after the coopctl command started)")
+
+
+def test_a_deleted_group_past_the_guard_is_held_in_the_services(lab, watching) -> None:
+    """A group entry deleted from the directory (a provider bug, a wrong filter) takes it from
+    each of its members at once: past the guard's limit (max(5, 10 % of the members)) the
+    watcher holds those changes and raises an alert, so the real cloud keeps every membership,
+    while other changes still flow; a full `coopctl sync` applies them and clears the alert."""
+    config = watching["config"]
+    group = f"watchgrp{secrets.token_hex(2)}"
+    coopctl(config, "group", "add", group)
+    members = len(json.loads(coopctl(config, "member", "list", "--json")))
+    limit = max(5, int((members + 8) * 0.1))  # the sync section's defaults
+    uids = [f"wg{secrets.token_hex(3)}" for _ in range(limit + 3)]
+    for uid in uids:
+        coopctl(config, "member", "add", "--given-name", "Gert", "--family-name", "Guard",
+                "--uid", uid, "--plan", PLAN, "--group", group, "--generate-password")
+        watching["created"].append(uid)
+    until(lambda: all(group in ((cloud_user(lab, uid) or {}).get("groups") or [])
+                      for uid in uids), "every member in the cloud group", 300)
+    conn = coopctl_connection(lab)
+    try:
+        assert conn.delete(f"cn={group},ou=groups,dc=demo,dc=coop"), conn.result
+    finally:
+        conn.unbind()
+
+    def status() -> dict:
+        shown = subprocess.run([COOPCTL, "--config", str(config), "watch", "--status", "--json"],
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert shown.returncode in (0, 9), shown.stderr  # 9: an alert stands (for monitoring)
+        return json.loads(shown.stdout)
+
+    until(lambda: status().get("alert") is not None, "the guard's alert", 120)
+    # a later, harmless change still reaches the cloud while the alert stands
+    coopctl(config, "member", "modify", uids[0], "--cloud-quota", "7 GB")
+    until(lambda: cloud_user(lab, uids[0])["quota"]["quota"] == 7 * 1024**3,
+          "a quota change during the alert", 120)
+    assert status()["held"] >= len(uids) - limit
+    kept = [uid for uid in uids if group in (cloud_user(lab, uid)["groups"] or [])]
+    assert len(kept) >= len(uids) - limit, kept  # the held ones are still in the cloud group
+    alert = status()["alert"]
+    assert "the limit is" in alert["message"], alert
+    # the operator's full sync applies what was held, and the watcher clears the alert
+    subprocess.run([COOPCTL, "--config", str(config), "sync", "--yes", "--force"],
+                   capture_output=True, text=True, timeout=900, check=True)
+    until(lambda: status().get("alert") is None, "the alert cleared by the full sync", 120)
+    assert all(group not in (cloud_user(lab, uid)["groups"] or []) for uid in uids)
 
 
 # -- the role: coopctl installed from wheels on the host `dir`, `coopctl watch` under systemd --
