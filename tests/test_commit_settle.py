@@ -19,13 +19,17 @@ from pathlib import Path
 
 import ldap3
 import pytest
+from click.testing import CliRunner
 
 from provisioner.changes import ChangeSet
+from provisioner.cli import cli
+from provisioner.cli.demo import write_local_config
 from provisioner.config import load
 from provisioner.errors import DirectoryUnavailable
 from provisioner.indoubt import was_applied
 from provisioner.ldapconn import END_TXN, Transaction, connect
-from tests.conftest import SUFFIX
+from provisioner.localslapd import LocalDirectory
+from tests.conftest import SUFFIX, admin_connection
 
 PEOPLE = f"ou=people,{SUFFIX}"
 
@@ -116,12 +120,51 @@ def _close(*socks: socket.socket) -> None:
         sock.close()
 
 
+@pytest.fixture(scope="module")
+def private_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDirectory]:
+    """A slapd of this module's own: cutting connections in the middle of transactions is
+    what Debian 12's slapd 2.5.13 handles worst (its transaction code frees queued operations
+    wrongly, fixed upstream in 2.5.14 by ITS#9892), and a crash must not reach other tests."""
+    server = LocalDirectory(tmp_path_factory.mktemp("settle") / "slapd", suffix=SUFFIX,
+                            durable=True)
+    server.build()
+    server.start()
+    yield server
+    server.destroy()
+
+
 @pytest.fixture
-def relayed(coop: Path, slapd) -> Iterator:  # type: ignore[no-untyped-def]
+def coop(private_slapd: LocalDirectory, tmp_path: Path) -> Path:
+    """An initialised coop on the private slapd; returns its config path."""
+    if not private_slapd.running():
+        private_slapd.start()  # an earlier test of the module made it crash: start it again
+    config = write_local_config(tmp_path, private_slapd)
+    conn = admin_connection(private_slapd)
+    try:
+        for ou in ("people", "groups", "plans"):
+            conn.search(f"ou={ou},{SUFFIX}", "(objectClass=*)", ldap3.LEVEL, attributes=["1.1"])
+            for entry in list(conn.response):
+                conn.delete(entry["dn"])
+    finally:
+        conn.unbind()
+    result = CliRunner().invoke(cli, ["--config", str(config), "init"])
+    assert result.exit_code == 0, result.output
+    return config
+
+
+@pytest.fixture
+def admin(private_slapd: LocalDirectory, coop: Path) -> Iterator[ldap3.Connection]:
+    conn = admin_connection(private_slapd)
+    yield conn
+    conn.unbind()
+
+
+@pytest.fixture
+def relayed(coop: Path, private_slapd: LocalDirectory) -> Iterator:  # type: ignore[no-untyped-def]
     made: list[CuttingRelay] = []
 
     def make(cut: str, listen_after: float = 0.0, retry_seconds: float = 10.0):  # type: ignore[no-untyped-def]
-        relay = CuttingRelay(slapd.port, cut, listen_after)
+        relay = CuttingRelay(private_slapd.port, cut, listen_after)
         made.append(relay)
         directory = replace(load(coop).directory, uri=f"ldap://127.0.0.1:{relay.port}",
                             retry_seconds=retry_seconds)
@@ -216,3 +259,30 @@ def test_with_no_retry_a_refused_connection_fails_at_once(relayed) -> None:
     assert time.monotonic() - started < 2
     assert "cannot reach the directory" in caught.value.message
     assert caught.value.hint
+
+
+def test_a_command_rides_out_a_slapd_restart(private_slapd: LocalDirectory, coop: Path) -> None:
+    """slapd killed, then started again by a supervisor (systemd, in production) while a
+    command runs: the command waits for it and succeeds, saying it waited."""
+    import os
+    import signal
+
+    from tests.conftest import Restarter
+
+    restarter = Restarter(private_slapd)
+    os.kill(int(private_slapd.pidfile.read_text()), signal.SIGKILL)
+    while private_slapd.running():
+        time.sleep(0.05)
+    timer = threading.Timer(1.0, restarter.start)  # slapd comes back a second later
+    timer.start()
+    try:
+        result = CliRunner().invoke(cli, ["--config", str(coop), "plan", "add", "later",
+                                          "--price", "1", "--service", "mail"])
+    finally:
+        timer.join()
+        restarter.stopping.set()
+        restarter.join()
+    assert result.exit_code == 0, result.output
+    assert "does not answer yet" in result.output  # said on stderr, once
+    assert restarter.restarts == 1
+    assert private_slapd.running()
