@@ -26,6 +26,18 @@ class HostError(CoopError):
     """A host of the inventory could not be reached or the command failed."""
 
 
+def parse_results(text: str) -> dict[str, tuple[int, str]]:
+    """``key<TAB>exit<TAB>text`` lines, as the commands run through `signal` answer per
+    member (the mail kick script, coop-cloud-end-sessions), by key."""
+    results: dict[str, tuple[int, str]] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition("\t")
+        code, _, output = rest.partition("\t")
+        if key and code.strip().lstrip("-").isdigit():
+            results[key] = (int(code), output.strip())
+    return results
+
+
 @dataclass
 class InventoryHosts:
     """The hosts of one Ansible inventory (implements services.base.HostAccess)."""

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import requests
 
+from provisioner.hosts import parse_results
 from provisioner.services.base import (
     Action,
     ChangeResult,
@@ -475,14 +476,10 @@ class CloudConnector(PlaybookExport, Connector):
                 report(ChangeResult(change, False, f"cloud: {change.uid}: disabled, but ending "
                                                    f"its sessions failed: {message}"))
             return
-        results: dict[str, tuple[str, str]] = {}
-        for line in out.splitlines():
-            uid, _, rest = line.partition("\t")
-            code, _, text = rest.partition("\t")
-            results[uid] = (code, text)
+        results = parse_results(out)
         for change in changes:
-            code, text = results.get(change.uid, ("1", "the cloud host gave no answer"))
-            if code == "0":
+            code, text = results.get(change.uid, (1, "the cloud host gave no answer"))
+            if code == 0:
                 self.runtime.state.unmark(self.name, SESSIONS_MARK, change.uid)
                 report(ChangeResult(change, True))
             else:

@@ -40,6 +40,7 @@ from typing import Any
 
 import jinja2
 
+from provisioner.hosts import parse_results
 from provisioner.resources import welcome_templates_dir
 from provisioner.services.base import (
     Action,
@@ -111,17 +112,6 @@ def parse_homes(text: str) -> dict[str, Usage]:
         if size.strip().isdigit() and uid and not uid.startswith("."):
             usage[uid] = Usage(int(size), None)
     return usage
-
-
-def parse_kicks(text: str) -> dict[str, tuple[int, str]]:
-    """``mail<TAB>exit<TAB>output`` lines of the kick script, by login."""
-    results: dict[str, tuple[int, str]] = {}
-    for line in text.splitlines():
-        login, _, rest = line.partition("\t")
-        code, _, output = rest.partition("\t")
-        if login and code.strip().lstrip("-").isdigit():
-            results[login] = (int(code), output.strip())
-    return results
 
 
 def kick_failure(result: tuple[int, str] | None) -> str | None:
@@ -319,7 +309,7 @@ class MailConnector(PlaybookExport, Connector):
             for change in changes:
                 report(ChangeResult(change, False, f"doveadm kick: {exc}"))
             return
-        results = parse_kicks(out.partition(KICK_MARK)[2])
+        results = parse_results(out.partition(KICK_MARK)[2])
         for change in changes:
             failure = kick_failure(results.get(str(change.detail["mail"])))
             if failure:
