@@ -66,6 +66,25 @@ def coopctl_connection(lab) -> ldap3.Connection:
     return conn
 
 
+def first_login_change(lab, uid: str, given: str) -> str:
+    """What a member does at the first login after coopctl gave them a password (pwdReset):
+    they choose their own. Done here with the password modify operation bound as the member,
+    as Keycloak's forced "Update password" ends up doing (test_security_sso.py proves that
+    path); returns the new password."""
+    tls = ldap3.Tls(ca_certs_file=str(lab.ca_file), validate=ssl.CERT_REQUIRED)
+    server = ldap3.Server(lab.addresses["dir"], port=389, tls=tls, connect_timeout=5)
+    dn = f"uid={uid},ou=people,{BASE}"
+    conn = ldap3.Connection(server, user=dn, password=given, raise_exceptions=False)
+    conn.open()
+    assert conn.start_tls(), conn.result
+    assert conn.bind(), conn.result
+    new = secrets.token_urlsafe(18)
+    assert conn.extend.standard.modify_password(user=dn, old_password=given,
+                                                new_password=new), conn.result
+    conn.unbind()
+    return new
+
+
 class ThrowawayDirectory:
     """Members and groups a test creates in the lab directory, removed after the test.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.helpers import first_login_change
 from tests.lab.test_mail import imap, send, subjects, wait_for
 from tests.lab.test_sso import password_grant
 from tests.lab.test_wiki import Wiki, logged_in
@@ -42,6 +43,9 @@ def member(lab, coopctl_config: Path):
     uid = f"zoe.oneill{tag}"
     shown = coopctl(coopctl_config, "member", "show", uid, "--json")
     assert f'"mail": "{uid}@demo.coop"' in shown
+    # The password coopctl set must be changed at the first login (pwdReset; Keycloak refuses
+    # it until then): the member does so, as they would on the SSO's page.
+    password = first_login_change(lab, uid, password)
     return {"uid": uid, "password": password, "mail": f"{uid}@demo.coop",
             "config": coopctl_config}
 

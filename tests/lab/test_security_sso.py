@@ -8,16 +8,23 @@ checked against the lab CA: from the controller, which is the lab's admin networ
 from __future__ import annotations
 
 import html
+import json
 import re
 import secrets
 import socket
 import urllib.parse
 
+import ldap3
 import pytest
 import requests
+from click.testing import CliRunner
 from jwcrypto import jwk
 
+from provisioner.cli import cli
 from provisioner.services.keycloak_jwt import ASSERTION_TYPE, client_assertion, load_key
+from tests.lab.helpers import BASE, coopctl_connection
+from tests.lab.test_openldap import as_service, connect
+from tests.lab.test_security_directory import root_search, stored_hash_schemes
 from tests.lab.test_sso import (
     HOSTNAME,
     REALM,
@@ -337,6 +344,105 @@ def test_authorization_code_login_through_the_wiki_client(lab, throwaway_directo
         "redirect_uri": redirect_uri, "client_id": "wiki",
         "client_secret": lab.secret("oidc_wiki")}, timeout=30)
     assert again.status_code == 400
+
+
+def form_action(lab, page: requests.Response, form_id: str) -> str:
+    """The action of the page's form `form_id`, on the address the controller dials."""
+    found = re.search(rf'<form[^>]+id="{form_id}"[^>]+action="([^"]+)"', page.text)
+    assert found, page.text[:800]
+    return html.unescape(found.group(1)).replace(PUBLIC, base(lab), 1)
+
+
+def test_a_password_coopctl_gave_out_is_changed_at_the_first_sso_login(lab, coopctl_config):
+    """`member add --generate-password` (pwdReset): Keycloak's login asks for a new password
+    before it lets the member in, writes it to LDAP, and slapd clears the mark; the given
+    password is dead everywhere, and the next login goes straight through."""
+    uid = f"ssofirst{secrets.token_hex(3)}"
+    plan = f"ssofirst{secrets.token_hex(3)}"
+    dn = f"uid={uid},ou=people,{BASE}"
+
+    def coopctl(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["--config", str(coopctl_config), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    coopctl("plan", "add", plan, "--mail-quota", "1 GB", "--cloud-quota", "1 GB",
+            "--price", "1", "--service", "mail", "--service", "sso")
+    try:
+        initial = json.loads(coopctl(
+            "member", "add", "--given-name", "First", "--family-name", "Login", "--uid", uid,
+            "--plan", plan, "--generate-password", "--json"))["initial_password"]
+        assert "pwdReset: TRUE" in root_search(lab, dn, "pwdReset")
+        # The direct grant (no page to show) refuses it: the account is not set up yet.
+        assert password_grant(lab, uid, initial).json()["error"] == "invalid_grant"
+
+        s = session(lab)
+        redirect_uri = "https://wiki.demo.coop/doku.php"
+        auth = f"{base(lab)}/realms/{REALM}/protocol/openid-connect/auth"
+        params = {"client_id": "wiki", "response_type": "code", "scope": "openid",
+                  "redirect_uri": redirect_uri, "state": secrets.token_urlsafe(12)}
+        page = s.get(auth, params=params, timeout=30)
+        posted = s.post(form_action(lab, page, "kc-form-login"),
+                        data={"username": uid, "password": initial, "credentialId": ""},
+                        allow_redirects=False, timeout=30)
+        # Not in yet: the update-password form (Keycloak redirects to its required action),
+        # no code.
+        if posted.status_code == 302:
+            location = posted.headers["Location"]
+            assert "/login-actions/required-action" in location, location
+            posted = s.get(location.replace(PUBLIC, base(lab), 1), allow_redirects=False,
+                           timeout=30)
+        assert posted.status_code == 200, (posted.status_code, posted.headers)
+        assert "kc-passwd-update-form" in posted.text, posted.text[:800]
+        new = secrets.token_urlsafe(18)
+        changed = s.post(form_action(lab, posted, "kc-passwd-update-form"),
+                         data={"password-new": new, "password-confirm": new},
+                         allow_redirects=False, timeout=30)
+        assert changed.status_code == 302, changed.text[:800]
+        assert changed.headers["Location"].startswith(redirect_uri + "?"), changed.headers
+        assert "code=" in changed.headers["Location"]
+
+        # LDAP holds the new password (argon2), the mark is gone, the given one is dead.
+        assert "pwdReset" not in root_search(lab, dn, "pwdReset")
+        assert stored_hash_schemes(lab, dn) == ["{ARGON2}"]
+        assert connect(lab, dn, new).bound
+        assert not connect(lab, dn, initial).bound
+        assert password_grant(lab, uid, initial).json()["error"] == "invalid_grant"
+        assert password_grant(lab, uid, new).status_code == 200
+
+        # A fresh browser logs in with the new password straight to the site.
+        fresh = session(lab)
+        page = fresh.get(auth, params=params, timeout=30)
+        direct = fresh.post(form_action(lab, page, "kc-form-login"),
+                            data={"username": uid, "password": new, "credentialId": ""},
+                            allow_redirects=False, timeout=30)
+        assert direct.status_code == 302, direct.text[:800]
+        assert direct.headers["Location"].startswith(redirect_uri + "?")
+    finally:
+        conn = coopctl_connection(lab)
+        conn.delete(dn)
+        conn.delete(f"cn={plan},ou=plans,{BASE}")
+        conn.unbind()
+
+
+def test_keycloak_writes_a_members_password_and_nothing_else(lab, throwaway_directory):
+    """cn=sso (Keycloak's bind) may set an active member's password, never read one, and write
+    no other attribute, add no entry and delete none (the federation is WRITABLE)."""
+    directory = throwaway_directory(prefix="ssoacl", given_name="Sso", services=("sso",))
+    _uid, dn, password = directory.member()
+    sso = as_service(lab, "sso")
+    assert sso.extend.standard.modify_password(user=dn, new_password=password + "2"), sso.result
+    assert connect(lab, dn, password + "2").bound
+    sso.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["userPassword"])
+    assert not sso.entries or not sso.entries[0]["userPassword"].values
+    for attribute in ("mail", "sn", "coopMemberStatus"):
+        assert not sso.modify(dn, {attribute: [(ldap3.MODIFY_REPLACE, ["x@example.org"])]}), \
+            attribute
+        assert sso.result["description"] == "insufficientAccessRights", sso.result
+    assert not sso.add(f"uid=ssoacl{secrets.token_hex(3)},ou=people,{BASE}",
+                       ["inetOrgPerson"], {"sn": "x", "cn": "x"})
+    assert not sso.delete(dn)
+    sso.unbind()
 
 
 def test_redirect_uris_name_the_sites_not_the_apps_host(lab):

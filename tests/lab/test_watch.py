@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.helpers import coopctl_connection
+from tests.lab.helpers import coopctl_connection, first_login_change
 from tests.lab.test_mail import imap
 from tests.lab.test_sso import password_grant
 from tests.lab.test_sync_lifecycle import cloud_user, inbox, pads_api
@@ -148,7 +148,9 @@ def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
     quota = lab.host("mail").check_output(f"doveadm -f tab quota get -u {uid}")
     assert str(2 * 1024 * 1024) in quota, quota
 
-    # Suspension -> every live session ended: IMAP, Keycloak, cloud, pads.
+    # Suspension -> every live session ended: IMAP, Keycloak, cloud, pads. The member first
+    # changes the password coopctl gave them (pwdReset), which Keycloak insists on.
+    password = first_login_change(lab, uid, password)
     session = imap(lab, uid, password)
     session.select("INBOX")
     tokens = password_grant(lab, uid, password).json()
