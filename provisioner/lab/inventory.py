@@ -153,7 +153,7 @@ def write_coopctl_config(cfg: LabConfig, path: Path | None = None) -> Path:
                     "client_id": "coopctl",
                     "client_key_file": str(cfg.secrets_dir / "keycloak_coopctl_client.pem")},
             "mail": {"host_group": "mail_servers", "smtp_host": cfg.address("mail"),
-                     "smtp_port": 25, "imap_host": cfg.fqdn("mail"),
+                     "smtp_port": 2525, "imap_host": cfg.fqdn("mail"),
                      "submission_host": cfg.fqdn("mail"),
                      "login_url": f"https://{cfg.fqdn('dir')}:8443/realms/demo/account"},
             "cloud": {"url": f"https://{cfg.address('apps')}", "host_header": "cloud.demo.coop",

@@ -68,6 +68,9 @@ BUILTIN_TEMPLATES = welcome_templates_dir()
 VMAIL_DIR = "/var/vmail"
 HOMES_MARK = "--coopctl-homes--"
 KICK_MARK = "--coopctl-kicks--"
+# The mail role's listener for the coop's own hosts (mail_internal_port): port 25 refuses a
+# From: header in the coop's domains, which the welcome mail has.
+INTERNAL_SMTP_PORT = 2525
 SMTP_TIMEOUT = 30.0
 
 
@@ -394,7 +397,7 @@ class MailConnector(PlaybookExport, Connector):
             return
         smtp: smtplib.SMTP | None = None
         try:
-            smtp = self._smtp(str(host), int(settings.get("smtp_port") or 25))
+            smtp = self._smtp(str(host), int(settings.get("smtp_port") or INTERNAL_SMTP_PORT))
         except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
             for change in changes:
                 report(ChangeResult(change, False, f"SMTP {host}: {exc}"))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import ldap3
 import pytest
 
+from provisioner.services.mail import INTERNAL_SMTP_PORT
 from tests.lab.helpers import fetch_inbox
 
 pytestmark = pytest.mark.lab
@@ -120,11 +121,14 @@ def send(
     *,
     sender: str = "tester@example.org",
     body: str = "hello from the lab\n",
+    port: int = 25,
 ) -> None:
+    """One message from the controller; a coop sender needs the coop hosts' port (2525),
+    where a From: header in the coop's domain is not refused as forged."""
     msg = email.message.EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject
     msg.set_content(body)
-    with smtplib.SMTP(lab.addresses["mail"], 25, timeout=20) as smtp:
+    with smtplib.SMTP(lab.addresses["mail"], port, timeout=20) as smtp:
         smtp.ehlo("controller.test")
         smtp.send_message(msg)
 
@@ -226,6 +230,7 @@ def test_quota_comes_from_ldap_and_over_quota_mail_is_bounced(lab, coop):
         dora["mail"],
         subject,
         sender=sender["mail"],
+        port=INTERNAL_SMTP_PORT,
         body="x" * 76 + "\n" * 1 + ("y" * 76 + "\n") * 27_000,
     )  # about 2 MiB
     # The sender gets the bounce; the message never reaches the full mailbox.

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from provisioner.services.mail import INTERNAL_SMTP_PORT
 from tests.lab.test_mail import BASE, DOMAIN, Coop, imap, subjects, wait_for
 
 pytestmark = pytest.mark.lab
@@ -38,6 +39,24 @@ with smtplib.SMTP(p["addr"], 25, timeout=30) as smtp:
         smtp.data(("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\nhello\r\n"
                    % (p["sender"], p["rcpt"], p["subject"])).encode())
 print(json.dumps([code, reply.decode()]))
+"""
+
+# Run on a lab host: one whole SMTP transaction on addr:port with a From: header of its own;
+# prints [stage, code, reply] of the first refusal, or ["sent", 250, ...].
+REMOTE_MESSAGE = r"""
+import json, smtplib, sys
+p = json.loads(sys.argv[1])
+with smtplib.SMTP(p["addr"], p["port"], timeout=30) as smtp:
+    smtp.ehlo("stranger.test")
+    code, reply = smtp.mail(p["sender"])
+    if code == 250:
+        code, reply = smtp.rcpt(p["rcpt"])
+    if code != 250:
+        print(json.dumps(["rcpt", code, reply.decode()]))
+        sys.exit()
+    code, reply = smtp.data(("From: %s\r\nTo: <%s>\r\nSubject: %s\r\n\r\nhello\r\n"
+                             % (p["from_header"], p["rcpt"], p["subject"])).encode())
+    print(json.dumps(["sent" if code == 250 else "data", code, reply.decode()]))
 """
 
 # Run on a lab host: IMAP logins (STARTTLS) on mail:143, one per password, optionally telling
@@ -160,6 +179,39 @@ def test_forged_coop_sender_from_another_host_is_refused_on_25(lab, coop):
                          rcpt=cat["mail"], subject=subject)
     assert code == 250, reply
     assert subject in wait_for(lambda: subjects(lab, cat))
+
+
+def test_forged_coop_from_header_is_refused_on_25(lab, coop):
+    """The envelope is a stranger's own, the From: header (what the member's mail program shows)
+    names a member: refused at DATA, as the coop's DMARC p=reject would have it. The coop's own
+    hosts hand mail over on the internal port, which refuses everyone else."""
+    eli = coop.member("eli")
+    fin = coop.member("fin")
+    for header in (f"<{fin['mail']}>", f'"Fin (the treasurer)" <{fin["mail"]}>',
+                   f"bank@mail.{DOMAIN}"):
+        stage, code, reply = run_on(lab, "dir", REMOTE_MESSAGE, port=25,
+                                    sender="friend@example.org", rcpt=eli["mail"],
+                                    from_header=header, subject="pay now")
+        assert (stage, code) == ("data", 550) and "Forged From" in reply, (header, reply)
+    subject = f"honest {secrets.token_hex(3)}"
+    stage, code, reply = run_on(lab, "dir", REMOTE_MESSAGE, port=25,
+                                sender="friend@example.org", rcpt=eli["mail"],
+                                from_header="Friend <friend@example.org>", subject=subject)
+    assert stage == "sent", reply
+    assert subject in wait_for(lambda: subjects(lab, eli))
+    # The internal port is for the coop's own hosts only (dir is not one of them).
+    stage, code, reply = run_on(lab, "dir", REMOTE_MESSAGE, port=INTERNAL_SMTP_PORT,
+                                sender="friend@example.org", rcpt=eli["mail"],
+                                from_header=f"<{fin['mail']}>", subject="pay now")
+    assert stage == "rcpt" and code == 554, reply
+    # From the controller (an internal sender) it takes a coop From: header.
+    subject = f"internal {secrets.token_hex(3)}"
+    msg = email.message.EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = f"welcome@{DOMAIN}", eli["mail"], subject
+    msg.set_content("hello")
+    with smtplib.SMTP(lab.addresses["mail"], INTERNAL_SMTP_PORT, timeout=20) as smtp:
+        smtp.send_message(msg)
+    assert subject in wait_for(lambda: subjects(lab, eli))
 
 
 # --- 3. postmaster@ and abuse@ ------------------------------------------------------------

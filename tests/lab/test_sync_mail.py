@@ -32,7 +32,7 @@ from provisioner.services.base import (
     Desired,
     MemberState,
 )
-from provisioner.services.mail import MailConnector
+from provisioner.services.mail import INTERNAL_SMTP_PORT, MailConnector
 from tests.lab.helpers import fetch_inbox, lab_runtime
 from tests.lab.test_mail import wait_for
 
@@ -43,8 +43,9 @@ LOGIN_URL = "https://sso.demo.coop/realms/demo/account"
 @pytest.fixture
 def mail_sync(lab) -> MailConnector:
     return MailConnector(lab_runtime(lab, {
-        "smtp_host": lab.addresses["mail"], "smtp_port": 25, "imap_host": "mail.demo.coop",
-        "submission_host": "mail.demo.coop", "login_url": LOGIN_URL}))
+        "smtp_host": lab.addresses["mail"], "smtp_port": INTERNAL_SMTP_PORT,
+        "imap_host": "mail.demo.coop", "submission_host": "mail.demo.coop",
+        "login_url": LOGIN_URL}))
 
 
 @pytest.fixture
