@@ -6,6 +6,7 @@ coop tree (people, groups and plans are emptied between tests).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import ldap3
 import pytest
 from click.testing import CliRunner, Result
+from ldap3.core.exceptions import LDAPException
 
 from provisioner.cli import cli
 from provisioner.cli.demo import write_local_config
@@ -88,10 +90,14 @@ def config_path(slapd: LocalDirectory, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
-def admin_connection(slapd: LocalDirectory) -> ldap3.Connection:
+def admin_connection(slapd: LocalDirectory, *, restartable: bool = False) -> ldap3.Connection:
+    """The directory's admin (SASL EXTERNAL on ldapi). `restartable`: ldap3's RESTARTABLE
+    strategy, which opens, binds and sends an operation again when slapd was restarted under
+    it (see Restarter), so a fixture's setup and teardown survive a crash."""
+    strategy = ldap3.RESTARTABLE if restartable else ldap3.SYNC
     return ldap3.Connection(ldap3.Server(slapd.ldapi_uri), authentication=ldap3.SASL,
                             sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="",
-                            auto_bind=True)
+                            client_strategy=strategy, auto_bind=True)
 
 
 @pytest.fixture
@@ -99,9 +105,10 @@ def admin(slapd: LocalDirectory) -> Iterator[ldap3.Connection]:
     deadline = time.monotonic() + 15
     while not slapd.running() and time.monotonic() < deadline:  # see Restarter
         time.sleep(0.1)
-    conn = admin_connection(slapd)
+    conn = admin_connection(slapd, restartable=True)
     yield conn
-    conn.unbind()
+    with contextlib.suppress(LDAPException):
+        conn.unbind()
 
 
 @pytest.fixture
