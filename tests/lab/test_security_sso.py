@@ -8,6 +8,7 @@ checked against the lab CA: from the controller, which is the lab's admin networ
 from __future__ import annotations
 
 import html
+import imaplib
 import json
 import re
 import secrets
@@ -23,6 +24,7 @@ from jwcrypto import jwk
 from provisioner.cli import cli
 from provisioner.services.keycloak_jwt import ASSERTION_TYPE, client_assertion, load_key
 from tests.lab.helpers import BASE, coopctl_connection
+from tests.lab.test_mail import imap
 from tests.lab.test_openldap import as_service, connect
 from tests.lab.test_security_directory import root_search, stored_hash_schemes
 from tests.lab.test_sso import (
@@ -34,6 +36,7 @@ from tests.lab.test_sso import (
     password_grant,
     session,
 )
+from tests.lab.test_wiki import Wiki, logged_in
 
 pytestmark = pytest.mark.lab
 
@@ -367,14 +370,18 @@ def test_a_password_coopctl_gave_out_is_changed_at_the_first_sso_login(lab, coop
         return result.output
 
     coopctl("plan", "add", plan, "--mail-quota", "1 GB", "--cloud-quota", "1 GB",
-            "--price", "1", "--service", "mail", "--service", "sso")
+            "--price", "1", "--service", "mail", "--service", "sso", "--service", "wiki")
     try:
         initial = json.loads(coopctl(
             "member", "add", "--given-name", "First", "--family-name", "Login", "--uid", uid,
             "--plan", plan, "--generate-password", "--json"))["initial_password"]
         assert "pwdReset: TRUE" in root_search(lab, dn, "pwdReset")
-        # The direct grant (no page to show) refuses it: the account is not set up yet.
+        # The direct grant (no page to show) refuses it: the account is not set up yet. The
+        # services that only bind refuse it too (their login filters leave pwdReset out).
         assert password_grant(lab, uid, initial).json()["error"] == "invalid_grant"
+        with pytest.raises(imaplib.IMAP4.error):
+            imap(lab, uid, initial)
+        assert not logged_in(Wiki(lab).login(uid, initial), uid)
 
         s = session(lab)
         redirect_uri = "https://wiki.demo.coop/doku.php"
@@ -409,6 +416,8 @@ def test_a_password_coopctl_gave_out_is_changed_at_the_first_sso_login(lab, coop
         assert not connect(lab, dn, initial).bound
         assert password_grant(lab, uid, initial).json()["error"] == "invalid_grant"
         assert password_grant(lab, uid, new).status_code == 200
+        imap(lab, uid, new).logout()
+        assert logged_in(Wiki(lab).login(uid, new), uid)
 
         # A fresh browser logs in with the new password straight to the site.
         fresh = session(lab)

@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from tests.lab.helpers import coopctl_connection, fetch_inbox
+from tests.lab.helpers import coopctl_connection, fetch_inbox, first_login_change
 from tests.lab.test_mail import imap, send, wait_for
 
 pytestmark = pytest.mark.lab
@@ -41,8 +41,9 @@ GROUP = "life-team"
 class Coop:
     """coopctl on the lab, as a new process each time (as from a shell)."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, lab) -> None:
         self.config = config
+        self.lab = lab
         self.created: list[str] = []
 
     def run(self, *args: str, ok: bool = True, input: str | None = None,
@@ -68,14 +69,16 @@ class Coop:
                  "--uid", uid, "--plan", PLAN, "--group", GROUP, "--password-stdin", *extra,
                  input=password + "\n")
         self.created.append(uid)
-        return uid, password
+        # The member chooses their own password at the first (SSO) login: the one coopctl set
+        # (pwdReset) opens no mailbox.
+        return uid, first_login_change(self.lab, uid, password)
 
 
 @pytest.fixture(scope="module")
 def coop(lab, coopctl_config: Path) -> Iterator[Coop]:
     """The test members are purged at the end (through the sync), so no later full sync
     (the demo's) finds departed members past their grace period."""
-    c = Coop(coopctl_config)
+    c = Coop(coopctl_config, lab)
     plans = {p["name"] for p in json.loads(c.run("plan", "list", "--json").stdout)}
     if PLAN not in plans:
         c.run("plan", "add", PLAN, "--mail-quota", "1 GB", "--cloud-quota", "5 GB",

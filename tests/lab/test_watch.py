@@ -137,6 +137,9 @@ def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
     clock.write("member", "add", "--given-name", "Wanda", "--family-name", "Watcher",
                 "--uid", uid, "--plan", PLAN, "--password-stdin", input=password + "\n")
     watching["created"].append(uid)
+    # The member chooses their own password at once (the SSO's first login): the one coopctl
+    # set (pwdReset) opens no mailbox.
+    password = first_login_change(lab, uid, password)
     clock.seen("new member -> welcome mail + cloud account",
                lambda: inbox(lab, uid, password) and cloud_user(lab, uid))
     assert cloud_user(lab, uid)["quota"]["quota"] == 5 * 1024**3
@@ -148,9 +151,7 @@ def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
     quota = lab.host("mail").check_output(f"doveadm -f tab quota get -u {uid}")
     assert str(2 * 1024 * 1024) in quota, quota
 
-    # Suspension -> every live session ended: IMAP, Keycloak, cloud, pads. The member first
-    # changes the password coopctl gave them (pwdReset), which Keycloak insists on.
-    password = first_login_change(lab, uid, password)
+    # Suspension -> every live session ended: IMAP, Keycloak, cloud, pads.
     session = imap(lab, uid, password)
     session.select("INBOX")
     tokens = password_grant(lab, uid, password).json()
