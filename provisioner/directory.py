@@ -188,6 +188,13 @@ class Directory:
             found.append(Member.from_raw(raw, group_map.get(uid, [])))
         return sorted(found, key=lambda m: m.uid)
 
+    def awaiting_own_password(self) -> set[str]:
+        """Members whose password coopctl gave out (ppolicy's pwdReset): until they choose
+        their own at the SSO's login, the services that only bind (mail, wiki, cloud) refuse
+        them, by their roles' login filters, so an audit must not call that drift."""
+        return {raw["uid"][0].decode() for _dn, raw in self._search(
+            self.cfg.people_dn, "(&(objectClass=coopMember)(pwdReset=TRUE))", ["uid"])}
+
     def find_member(self, uid: str) -> Member | None:
         validate.uid(uid)
         flt = f"(&(objectClass=coopMember)(uid={escape_filter_chars(uid)}))"

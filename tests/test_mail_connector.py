@@ -156,7 +156,9 @@ def test_active_member_is_welcomed_once() -> None:
     changes = conn.plan(desired(ana), observation())
     assert actions(changes) == [("welcome", "ana")]
     assert changes[0].detail == {"mail": "ana@demo.coop", "name": "Anaïs Dubœuf",
-                                 "language": "fr"}
+                                 "language": "fr", "sso": False}
+    bob = member("bob", services=("mail", "sso"))
+    assert conn.plan(desired(bob), observation())[0].detail["sso"] is True
     assert conn.plan(desired(ana), observation(welcomed=("ana",))) == []
 
 
@@ -234,6 +236,23 @@ def test_welcome_mail_in_each_language_with_a_non_ascii_name(language: str,
     assert parsed["Content-Language"] == language
     assert parsed["From"] == "welcome@demo.coop"
     assert "{{" not in body and "Subject:" not in body
+
+
+@pytest.mark.parametrize("language", ["en", "fr", "nl"])
+def test_welcome_sends_a_member_with_the_sso_to_choose_a_password_there(language: str) -> None:
+    """With the SSO, the given password must be changed at its first login (and mail refuses
+    it until then): the mail starts there. Without it, the given password is the one."""
+    conn = connector()
+
+    def body(sso: bool) -> str:
+        msg = conn.welcome_message("zoe", "zoe@demo.coop", "Zoë", language, sso)
+        parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+        return " ".join(parsed.get_content().split())  # one line: the template wraps
+
+    first = {"en": "choose a password of your own", "fr": "d'en choisir un à vous",
+             "nl": "een eigen wachtwoord te kiezen"}[language]
+    assert first in body(True) and "https://sso.demo.coop/account" in body(True)
+    assert first not in body(False) and "https://sso.demo.coop/account" not in body(False)
 
 
 def test_unknown_language_falls_back_to_english() -> None:

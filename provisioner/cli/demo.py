@@ -247,6 +247,7 @@ def _audit(config_path: Path, lab_cfg: LabConfig | None) -> None:
         directory = Directory(config, conn)
         members = directory.members()
         plans = {p.name: p for p in directory.plans()}
+        awaiting = directory.awaiting_own_password()
     finally:
         conn.unbind()
     for line in audit.directory_summary(members, plans):
@@ -263,7 +264,7 @@ def _audit(config_path: Path, lab_cfg: LabConfig | None) -> None:
             capture_output=True, text=True, check=True, timeout=60,
         ).stdout
 
-    audit.audit_mail(report, members, on_mail_host)
+    audit.audit_mail(report, members, on_mail_host, awaiting)
     audit.audit_sso(report, members, f"https://{address('dir')}:8443", "demo", "admin",
                     lab_cfg.secret("keycloak_admin"), lab_cfg.ca_file)
     audit.audit_pads(report, f"https://{address('apps')}", lab_cfg.secret("etherpad_apikey"),

@@ -249,7 +249,8 @@ class MailConnector(PlaybookExport, Connector):
     def _change(action: Action, member: MemberState, welcome: bool = False) -> ServiceChange:
         detail: dict[str, Any] = {"mail": member.mail}
         if welcome:  # apply() has only the change: it carries what the mail needs (no secret)
-            detail |= {"name": member.display_name, "language": member.language}
+            detail |= {"name": member.display_name, "language": member.language,
+                       "sso": "sso" in member.services}
         return ServiceChange(SERVICE, action, member.uid, detail)
 
     @staticmethod
@@ -350,8 +351,11 @@ class MailConnector(PlaybookExport, Connector):
                 report(ChangeResult(change, True))
 
     # -- welcome ----------------------------------------------------------------------------
-    def welcome_context(self, uid: str, mail: str, name: str) -> dict[str, Any]:
-        """What a welcome template may use."""
+    def welcome_context(self, uid: str, mail: str, name: str,
+                        sso: bool = True) -> dict[str, Any]:
+        """What a welcome template may use. `sso`: the member logs in at the SSO, where the
+        first login has them choose their own password (without it, mail takes the given one:
+        there is no other page to change it on yet)."""
         settings = self.runtime.settings
         domain = self.runtime.mail_domain
         return {
@@ -361,15 +365,17 @@ class MailConnector(PlaybookExport, Connector):
             "imap_host": settings.get("imap_host") or f"imap.{domain}",
             "submission_host": settings.get("submission_host") or f"smtp.{domain}",
             "sender": self.sender,
+            "sso": sso,
             # Who a member writes to for a new password: there is no self-service reset yet
             # (Keycloak federates the directory read-only), so the mail must name a person.
             "help_contact": settings.get("help_contact") or self.sender,
         }
 
-    def welcome_message(self, uid: str, mail: str, name: str, language: str) -> EmailMessage:
+    def welcome_message(self, uid: str, mail: str, name: str, language: str,
+                        sso: bool = True) -> EmailMessage:
         """The welcome mail for one member (rendered, not sent)."""
         templates = WelcomeTemplates(self.runtime.settings.get("templates_dir"))
-        subject, body = templates.render(language, self.welcome_context(uid, mail, name))
+        subject, body = templates.render(language, self.welcome_context(uid, mail, name, sso))
         msg = EmailMessage(policy=email.policy.SMTP)
         msg["From"] = self.sender
         msg["To"] = email.utils.formataddr((name, mail))
@@ -424,7 +430,8 @@ class MailConnector(PlaybookExport, Connector):
         try:
             msg = self.welcome_message(change.uid, str(detail["mail"]),
                                        str(detail.get("name") or change.uid),
-                                       str(detail.get("language") or DEFAULT_LANGUAGE))
+                                       str(detail.get("language") or DEFAULT_LANGUAGE),
+                                       bool(detail.get("sso", True)))
         except (jinja2.TemplateError, ValueError, KeyError) as exc:
             return ChangeResult(change, False, f"welcome template: {exc}")
         try:
