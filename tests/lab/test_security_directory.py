@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from provisioner.cli import cli
 from tests.lab.helpers import BASE, ThrowawayDirectory, coopctl_connection
+from tests.lab.test_mail import imap
 from tests.lab.test_openldap import as_service, connect, server, service_dn
 
 pytestmark = pytest.mark.lab
@@ -158,6 +159,8 @@ def test_a_member_with_an_initial_password_must_change_it(lab, coopctl_config):
             "member", "add", "--given-name", "New", "--family-name", "Member", "--uid", uid,
             "--plan", plan, "--generate-password", "--json"))["initial_password"]
         assert "pwdReset: TRUE" in root_search(lab, dn, "pwdReset")
+        # A mail-only member (no SSO, so no page to change it on) keeps it for mail.
+        imap(lab, uid, initial).logout()
         conn = ldap3.Connection(server(lab), user=dn, password=initial, raise_exceptions=False)
         conn.open()
         assert conn.start_tls(), conn.result

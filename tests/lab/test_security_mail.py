@@ -10,6 +10,7 @@ mail_login_trusted_networks). Clients on the lab hosts are Python scripts run th
 from __future__ import annotations
 
 import email.message
+import email.policy
 import json
 import secrets
 import shlex
@@ -54,8 +55,9 @@ with smtplib.SMTP(p["addr"], p["port"], timeout=30) as smtp:
     if code != 250:
         print(json.dumps(["rcpt", code, reply.decode()]))
         sys.exit()
-    code, reply = smtp.data(("From: %s\r\nTo: <%s>\r\nSubject: %s\r\n\r\nhello\r\n"
-                             % (p["from_header"], p["rcpt"], p["subject"])).encode())
+    message = p.get("raw") or ("From: %s\r\nTo: <%s>\r\nSubject: %s\r\n\r\nhello\r\n"
+                               % (p["from_header"], p["rcpt"], p["subject"]))
+    code, reply = smtp.data(message.encode())
     print(json.dumps(["sent" if code == 250 else "data", code, reply.decode()]))
 """
 
@@ -197,6 +199,20 @@ def test_forged_coop_from_header_is_refused_on_25(lab, coop):
     stage, code, reply = run_on(lab, "dir", REMOTE_MESSAGE, port=25,
                                 sender="friend@example.org", rcpt=eli["mail"],
                                 from_header="Friend <friend@example.org>", subject=subject)
+    assert stage == "sent", reply
+    assert subject in wait_for(lambda: subjects(lab, eli))
+    # A member's message forwarded whole (attached) from outside is not a forgery.
+    forwarded = email.message.EmailMessage()
+    forwarded["From"], forwarded["Subject"] = fin["mail"], "the minutes"
+    forwarded.set_content("minutes of the board")
+    outer = email.message.EmailMessage()
+    outer["From"], outer["To"] = "friend@example.org", eli["mail"]
+    outer["Subject"] = subject = f"fwd {secrets.token_hex(3)}"
+    outer.set_content("see attached")
+    outer.add_attachment(forwarded)
+    stage, code, reply = run_on(lab, "dir", REMOTE_MESSAGE, port=25,
+                                sender="friend@example.org", rcpt=eli["mail"],
+                                raw=outer.as_string(policy=email.policy.SMTP))
     assert stage == "sent", reply
     assert subject in wait_for(lambda: subjects(lab, eli))
     # The internal port is for the coop's own hosts only (dir is not one of them).
