@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
+import json
 import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import ldap3
+from click.testing import CliRunner
 from ldap3.core.exceptions import LDAPSocketOpenError
 
+from provisioner.cli import cli
 from provisioner.hosts import InventoryHosts
 from provisioner.services.base import Runtime
 from tests.sync_helpers import runtime
@@ -39,10 +44,15 @@ def fetch_inbox(conn: imaplib.IMAP4, what: str) -> list[bytes]:
         conn.logout()
 
 
+def lab_server(lab) -> ldap3.Server:
+    """The lab directory on 389, for StartTLS with the lab CA."""
+    tls = ldap3.Tls(ca_certs_file=str(lab.ca_file), validate=ssl.CERT_REQUIRED)
+    return ldap3.Server(lab.addresses["dir"], port=389, tls=tls, connect_timeout=5)
+
+
 def coopctl_connection(lab) -> ldap3.Connection:
     """The lab directory as coopctl's service account, over StartTLS with the lab CA."""
-    tls = ldap3.Tls(ca_certs_file=str(lab.ca_file), validate=ssl.CERT_REQUIRED)
-    server = ldap3.Server(lab.addresses["dir"], port=389, tls=tls, connect_timeout=5)
+    server = lab_server(lab)
     conn = ldap3.Connection(
         server,
         user=f"cn=coopctl,ou=services,{BASE}",
@@ -71,10 +81,8 @@ def first_login_change(lab, uid: str, given: str) -> str:
     they choose their own. Done here with the password modify operation bound as the member,
     as Keycloak's forced "Update password" ends up doing (test_security_sso.py proves that
     path); returns the new password."""
-    tls = ldap3.Tls(ca_certs_file=str(lab.ca_file), validate=ssl.CERT_REQUIRED)
-    server = ldap3.Server(lab.addresses["dir"], port=389, tls=tls, connect_timeout=5)
     dn = f"uid={uid},ou=people,{BASE}"
-    conn = ldap3.Connection(server, user=dn, password=given, raise_exceptions=False)
+    conn = ldap3.Connection(lab_server(lab), user=dn, password=given, raise_exceptions=False)
     conn.open()
     assert conn.start_tls(), conn.result
     assert conn.bind(), conn.result
@@ -83,6 +91,35 @@ def first_login_change(lab, uid: str, given: str) -> str:
                                                 new_password=new), conn.result
     conn.unbind()
     return new
+
+
+@contextlib.contextmanager
+def given_password_member(lab, config: Path, prefix: str,
+                          services: tuple[str, ...]) -> Iterator[tuple[str, str, str]]:
+    """A member added by `coopctl member add --generate-password` (so marked pwdReset) on a
+    plan of their own with these services: (uid, dn, the given password). The member and the
+    plan are removed afterwards."""
+    uid = f"{prefix}{secrets.token_hex(3)}"
+    plan = f"{prefix}plan{secrets.token_hex(3)}"
+    dn = f"uid={uid},ou=people,{BASE}"
+
+    def coopctl(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["--config", str(config), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    coopctl("plan", "add", plan, "--mail-quota", "1 GB", "--cloud-quota", "1 GB",
+            "--price", "1", *(f"--service={service}" for service in services))
+    try:
+        initial = json.loads(coopctl(
+            "member", "add", "--given-name", "New", "--family-name", "Member", "--uid", uid,
+            "--plan", plan, "--generate-password", "--json"))["initial_password"]
+        yield uid, dn, initial
+    finally:
+        conn = coopctl_connection(lab)
+        conn.delete(dn)
+        conn.delete(f"cn={plan},ou=plans,{BASE}")
+        conn.unbind()
 
 
 class ThrowawayDirectory:

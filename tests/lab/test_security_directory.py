@@ -7,7 +7,6 @@ root over ldapi). The members and groups are made once for the module, as coopct
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import socket
@@ -18,10 +17,8 @@ from dataclasses import dataclass
 
 import ldap3
 import pytest
-from click.testing import CliRunner
 
-from provisioner.cli import cli
-from tests.lab.helpers import BASE, ThrowawayDirectory, coopctl_connection
+from tests.lab.helpers import BASE, ThrowawayDirectory, coopctl_connection, given_password_member
 from tests.lab.test_mail import imap
 from tests.lab.test_openldap import as_service, connect, server, service_dn
 
@@ -143,21 +140,7 @@ def test_new_passwords_are_stored_as_argon2(lab, people):
 def test_a_member_with_an_initial_password_must_change_it(lab, coopctl_config):
     """`coopctl member add --generate-password`: the bind works, anything else is refused
     until the member has changed the password; then all is normal."""
-    uid = f"secdirnew{secrets.token_hex(3)}"
-    plan = f"secdirplan{secrets.token_hex(3)}"
-
-    def coopctl(*args: str) -> str:
-        result = CliRunner().invoke(cli, ["--config", str(coopctl_config), *args])
-        assert result.exit_code == 0, result.output
-        return result.output
-
-    coopctl("plan", "add", plan, "--mail-quota", "1 GB", "--cloud-quota", "1 GB",
-            "--price", "1", "--service", "mail")
-    dn = f"uid={uid},ou=people,{BASE}"
-    try:
-        initial = json.loads(coopctl(
-            "member", "add", "--given-name", "New", "--family-name", "Member", "--uid", uid,
-            "--plan", plan, "--generate-password", "--json"))["initial_password"]
+    with given_password_member(lab, coopctl_config, "secdirnew", ("mail",)) as (uid, dn, initial):
         assert "pwdReset: TRUE" in root_search(lab, dn, "pwdReset")
         # A mail-only member (no SSO, so no page to change it on) keeps it for mail.
         imap(lab, uid, initial).logout()
@@ -180,11 +163,6 @@ def test_a_member_with_an_initial_password_must_change_it(lab, coopctl_config):
         assert again.entries[0].uid.value == uid
         again.unbind()
         assert not connect(lab, dn, initial).bound  # the initial password is gone
-    finally:
-        conn = coopctl_connection(lab)
-        conn.delete(dn)
-        conn.delete(f"cn={plan},ou=plans,{BASE}")
-        conn.unbind()
 
 
 def test_wrong_passwords_do_not_lock_the_member_out(lab, people):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import imaplib
-import json
 import re
 import secrets
 import socket
@@ -18,12 +17,10 @@ import urllib.parse
 import ldap3
 import pytest
 import requests
-from click.testing import CliRunner
 from jwcrypto import jwk
 
-from provisioner.cli import cli
 from provisioner.services.keycloak_jwt import ASSERTION_TYPE, client_assertion, load_key
-from tests.lab.helpers import BASE, coopctl_connection
+from tests.lab.helpers import BASE, given_password_member
 from tests.lab.test_mail import imap
 from tests.lab.test_openldap import as_service, connect
 from tests.lab.test_security_directory import root_search, stored_hash_schemes
@@ -360,21 +357,8 @@ def test_a_password_coopctl_gave_out_is_changed_at_the_first_sso_login(lab, coop
     """`member add --generate-password` (pwdReset): Keycloak's login asks for a new password
     before it lets the member in, writes it to LDAP, and slapd clears the mark; the given
     password is dead everywhere, and the next login goes straight through."""
-    uid = f"ssofirst{secrets.token_hex(3)}"
-    plan = f"ssofirst{secrets.token_hex(3)}"
-    dn = f"uid={uid},ou=people,{BASE}"
-
-    def coopctl(*args: str) -> str:
-        result = CliRunner().invoke(cli, ["--config", str(coopctl_config), *args])
-        assert result.exit_code == 0, result.output
-        return result.output
-
-    coopctl("plan", "add", plan, "--mail-quota", "1 GB", "--cloud-quota", "1 GB",
-            "--price", "1", "--service", "mail", "--service", "sso", "--service", "wiki")
-    try:
-        initial = json.loads(coopctl(
-            "member", "add", "--given-name", "First", "--family-name", "Login", "--uid", uid,
-            "--plan", plan, "--generate-password", "--json"))["initial_password"]
+    with given_password_member(lab, coopctl_config, "ssofirst",
+                               ("mail", "sso", "wiki")) as (uid, dn, initial):
         assert "pwdReset: TRUE" in root_search(lab, dn, "pwdReset")
         # The direct grant (no page to show) refuses it: the account is not set up yet. The
         # services that only bind refuse it too (their login filters leave pwdReset out).
@@ -427,11 +411,6 @@ def test_a_password_coopctl_gave_out_is_changed_at_the_first_sso_login(lab, coop
                             allow_redirects=False, timeout=30)
         assert direct.status_code == 302, direct.text[:800]
         assert direct.headers["Location"].startswith(redirect_uri + "?")
-    finally:
-        conn = coopctl_connection(lab)
-        conn.delete(dn)
-        conn.delete(f"cn={plan},ou=plans,{BASE}")
-        conn.unbind()
 
 
 def test_keycloak_writes_a_members_password_and_nothing_else(lab, throwaway_directory):
