@@ -11,9 +11,12 @@ to back, each latency from its own write):
   new member    -> mailbox, welcome mail and cloud account: the later of the journal records
                    mail/welcome (the SMTP server accepted it) and cloud/create     target 30 s
   quota change  -> cloud/quota (Dovecot reads its quota from the directory)        target 10 s
-  suspension    -> mail/suspend (doveadm kick), cloud/suspend (disabled, tokens revoked),
+  suspension    -> mail/suspend (doveadm kick), cloud/suspend (disabled: the cloud refuses
+                   every session and app password of a disabled account at once),
                    pads/suspend (sessions deleted); Keycloak refuses at once (its
                    federation's filter admits active members only)                  target  5 s
+                   The cloud's follow-up (its auth tokens deleted, which the watcher does
+                   not wait for) is printed apart: "cloud/suspend (follow-up)".
 
 The journal's own timestamps are to the second, so the watcher's journal is polled read-only
 every 50 ms and a record's time is when it first appeared (late by at most one poll). For a
@@ -137,6 +140,8 @@ class JournalWatch(threading.Thread):
                     for row_id, uid, service, action, result, error in rows:
                         self.last = row_id
                         key = (uid, service, action)
+                        if self.seen.get(key, (0, ""))[1] == "ok":  # a second record: the
+                            key = (uid, service, f"{action} (follow-up)")  # follow-up's
                         if key not in self.seen or self.seen[key][1] != "ok":
                             self.seen[key] = (now, result, error)
                     self.changed.notify_all()
@@ -294,6 +299,7 @@ class Phase:
     load: list[float] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
+    written: dict[str, float] = field(default_factory=dict)
 
 
 class Bench:
@@ -435,6 +441,7 @@ class Bench:
                 probe.join()
             self.idle()
         phase.ended = time.monotonic()
+        phase.written = written
         for session in (r.get("imap") for r in ready.values()):
             if session is not None:
                 with contextlib.suppress(imaplib.IMAP4.error, OSError):
@@ -485,7 +492,7 @@ def start_watcher(config_path: Path, work: Path, window: str) -> tuple[subproces
 
 
 def report(args: argparse.Namespace, phases: list[Phase], log: WatcherLog,
-           loads: dict[str, tuple[float, float, float]]) -> None:
+           loads: dict[str, tuple[float, float, float]], journal: JournalWatch) -> None:
     every = [x for p in phases for x in p.load]
     print(f"\n`coopctl watch` on lab {args.lab}, end to end: the LDAP write returned -> the "
           f"effect (journal records, polled every {POLL * 1000:.0f} ms); {args.count} changes "
@@ -517,6 +524,10 @@ def report(args: argparse.Namespace, phases: list[Phase], log: WatcherLog,
         print(f"  {len(problems)} change(s) failed or timed out (not in the figures)")
     print("\nper journal record (p50 / p95 / max from the write):")
     for p in phases:
+        for (uid, service, action), seen in journal.seen.items():
+            if action.endswith("(follow-up)") and uid in p.written and seen[1] == "ok" and (
+                    (service, action.split(" ")[0]) in EFFECTS[p.kind]):
+                p.records.setdefault(f"{service}/{action}", []).append(seen[0] - p.written[uid])
         print(f"  {p.kind + ', ' + p.mode + ':':<26} " + "; ".join(
             f"{what} {fmt(values)}" for what, values in sorted(p.records.items())))
     print(f"\nin the services themselves, one member in {args.sample_every} (probed every "
@@ -627,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
         journal.halt.set()
         loads["end"] = os.getloadavg()
         if phases:
-            report(args, phases, log, loads)
+            report(args, phases, log, loads, journal)
         if args.keep:
             print(f"\nleft in the lab: {len(bench.created)} members {PLAN} "
                   f"(wb{run}a..., wb{run}b...)")

@@ -185,6 +185,12 @@ class Sync:
         self._injected = connectors is not None
         self._connectors: dict[str, Connector] = dict(connectors or {})
         self._hosts: InventoryHosts | None = None
+        # Follow-ups run beside later runs (the watcher's batches): one worker per service,
+        # so that a service's follow-ups keep their order; the uids whose follow-up failed
+        # wait in `late_failed` for the caller's retry.
+        self._follow_pools: dict[str, ThreadPoolExecutor] = {}
+        self._late_lock = threading.Lock()
+        self.late_failed: set[str] = set()
 
     # -- connectors --------------------------------------------------------------------
     def connectors(self, only: Iterable[str] = ()) -> dict[str, Connector]:
@@ -328,13 +334,16 @@ class Sync:
                 "look at `coopctl sync --dry-run`; if it is right, run again with --force")
 
     # -- apply -------------------------------------------------------------------------
-    def apply(self, plan: SyncPlan, progress: Callable[[ChangeResult], None] | None = None
-              ) -> SyncSummary:
-        """Apply the plan: changes, then archives, then purges, then the directory."""
+    def apply(self, plan: SyncPlan, progress: Callable[[ChangeResult], None] | None = None,
+              background_follow_ups: bool = False) -> SyncSummary:
+        """Apply the plan: changes, then archives, then purges, then the directory; then the
+        connectors' follow-ups (Connector.follow_up), waited for unless
+        `background_follow_ups` (the watcher: they run beside its next batches)."""
         run = self.journal.start_run()
         summary = SyncSummary()
         connectors = self.connectors(plan.services)
         lock = threading.Lock()
+        follow: dict[str, list[ServiceChange]] = {}
 
         def report(result: ChangeResult) -> None:
             with lock:  # services apply at the same time; one record at a time
@@ -346,6 +355,8 @@ class Sync:
                                 result.ok, result.error)
             if result.ok:
                 summary.applied += 1
+                if result.follow_up:
+                    follow.setdefault(c.service, []).append(c)
             else:
                 summary.failed.append(result)
             if progress:
@@ -362,11 +373,63 @@ class Sync:
                 name: [c for c in sp.changes if c.action == Action.PURGE and c.uid in purgeable]
                 for name, sp in plan.services.items()}, report)
             summary.purged = self._mark_purged(plan, summary, purgeable, report)
+            if not background_follow_ups:
+                self._follow_up(run, connectors, follow, summary.failed.append)
             outcome = "ok" if not summary.failed and not any(
                 p.error for p in plan.services.values()) else "partial"
         finally:
             self.journal.finish_run(run, self._members_seen(plan), outcome)
+        if background_follow_ups:
+            for name, changes in follow.items():
+                pool = self._follow_pools.setdefault(
+                    name, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"follow-{name}"))
+                pool.submit(self._follow_up, run, connectors, {name: changes}, self._late)
         return summary
+
+    def _late(self, result: ChangeResult) -> None:
+        with self._late_lock:
+            self.late_failed.add(result.change.uid)
+
+    def take_late_failed(self) -> set[str]:
+        """The members whose follow-up failed since the last call (the watcher retries them)."""
+        with self._late_lock:
+            taken, self.late_failed = self.late_failed, set()
+        return taken
+
+    def wait_follow_ups(self) -> None:
+        """Let the follow-ups still running finish (the watcher, before it exits)."""
+        for pool in self._follow_pools.values():
+            pool.shutdown(wait=True)
+        self._follow_pools.clear()
+
+    def _follow_up(self, run: str, connectors: Mapping[str, Connector],
+                   follow: Mapping[str, list[ServiceChange]],
+                   failed: Callable[[ChangeResult], None]) -> None:
+        """Each service's follow-ups, journalled under the run that applied their changes;
+        a success is not counted again (its change was), a failure is given to `failed`."""
+        lock = threading.Lock()
+
+        def report(result: ChangeResult) -> None:
+            c = result.change
+            with lock:
+                self.journal.append(run, c.service, c.uid, str(c.action), dict(c.detail),
+                                    result.ok, result.error)
+                if not result.ok:
+                    failed(result)
+
+        def one(name: str, changes: list[ServiceChange]) -> None:
+            try:
+                connectors[name].follow_up(changes, report)
+            except Exception as exc:  # a connector bug must not stop the others
+                for change in changes:
+                    report(ChangeResult(change, False, f"{name}: follow-up: {_message(exc)}"))
+
+        work = [(name, changes) for name, changes in follow.items() if changes]
+        if not work:
+            return
+        with ThreadPoolExecutor(max_workers=len(work)) as pool:
+            for future in [pool.submit(one, name, changes) for name, changes in work]:
+                future.result()
 
     def record_no_changes(self, plan: SyncPlan) -> None:
         """A sync that found nothing to do is a successful run too: recorded, it is the

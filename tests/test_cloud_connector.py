@@ -92,10 +92,16 @@ def connector(url: str = "http://127.0.0.1:9", secret_file: Path | None = None,
 
 
 def apply(conn: CloudConnector, changes: Sequence[ServiceChange]) -> list[ChangeResult]:
+    """apply, then follow_up for what apply left to it (as `coopctl sync` does): each change's
+    final result, the follow-up's where there was one."""
     results: list[ChangeResult] = []
     conn.apply(changes, results.append)
     assert len(results) == len(changes)
-    return results
+    later: dict[str, ChangeResult] = {}
+    conn.follow_up([r.change for r in results if r.ok and r.follow_up],
+                   lambda r: later.__setitem__(r.change.uid, r))
+    assert set(later) == {r.change.uid for r in results if r.ok and r.follow_up}
+    return [later.get(r.change.uid, r) if r.follow_up else r for r in results]
 
 
 def account(uid: str, *, enabled: bool = True, quota: int | None = 1024 * MIB, used: int = 0,
@@ -307,6 +313,28 @@ def test_suspend_restore_and_one_ssh_command_for_the_sessions(cloud):
     assert len(hosts.signals) == 1
 
 
+def test_a_suspension_is_in_effect_once_disabled_and_the_tokens_follow(cloud):
+    """apply reports the suspension as soon as the account is disabled (Nextcloud refuses a
+    disabled account's every session from then on: tests/test_nextcloud_double.py's
+    test_disabled_users_tokens_stop_working), before any SSH; the token deletion is the
+    follow-up, and until it ran the member stays marked for the next run."""
+    conn, hosts, state = cloud["conn"], cloud["hosts"], cloud["state"]
+    converge(conn, desired(member("jan"), member("eva")))
+    changes = conn.plan(desired(member("jan", status="suspended"), member("eva")),
+                        conn.observe())
+    results: list[ChangeResult] = []
+    conn.apply(changes, results.append)
+    assert [(r.change.uid, r.ok, r.follow_up) for r in results] == [("jan", True, True)]
+    assert hosts.signals == [] and not conn.observe().users["jan"].enabled
+    assert state.marks("cloud", "sessions-to-end") == {"jan"}
+    later: list[ChangeResult] = []
+    conn.follow_up([r.change for r in results], later.append)
+    assert [(r.change.uid, r.ok, dict(r.change.detail)) for r in later] == [
+        ("jan", True, {"sessions": "auth tokens deleted"})]
+    assert hosts.signals == [["coop-cloud-end-sessions", "jan"]]
+    assert state.marks("cloud", "sessions-to-end") == set()
+
+
 def test_purge_and_remnant(cloud):
     conn, hosts = cloud["conn"], cloud["hosts"]
     converge(conn, desired(member("old"), member("rem")))
@@ -392,7 +420,7 @@ def test_an_unreachable_cloud_host_fails_each_suspension_but_the_login_is_cut(cl
     converge(conn, desired(member("jan")))
     changes = conn.plan(desired(member("jan", status="suspended")), conn.observe())
     [result] = apply(conn, changes)
-    assert not result.ok and "ending its sessions failed: ssh: connect" in (result.error or "")
+    assert not result.ok and "deleting its auth tokens failed: ssh: connect" in (result.error or "")
     assert not conn.observe().users["jan"].enabled
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tarfile
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,6 +90,30 @@ class LedgerService(Connector):
             (dest / name).write_text(text)
             written.append(dest / name)
         return written
+
+
+class FollowingLedger(LedgerService):
+    """A suspension is in effect when applied, with a follow-up left (as the cloud's token
+    deletion after its disable): follow_up waits for `gate`, and fails when `fail` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.fail = False
+        self.followed: list[list[str]] = []
+
+    def apply(self, changes: Sequence[ServiceChange], report) -> None:
+        def mark(result: ChangeResult) -> None:
+            report(dataclasses.replace(result, follow_up=result.change.action is Action.SUSPEND))
+
+        super().apply(changes, mark)
+
+    def follow_up(self, changes: Sequence[ServiceChange], report) -> None:
+        assert self.gate.wait(30)
+        self.followed.append([c.uid for c in changes])
+        for c in changes:
+            report(ChangeResult(dataclasses.replace(c, detail={"step": "followed"}),
+                                not self.fail, "it failed" if self.fail else None))
 
 
 @pytest.fixture
@@ -330,3 +355,34 @@ def test_a_sync_with_nothing_to_do_is_recorded_as_a_run(with_plans, config) -> N
         assert [tuple(r) for r in rows] == [("ok", 2)]
     finally:
         journal.close()
+
+
+def test_follow_ups_end_a_sync_and_run_beside_the_watchers_batches(with_plans,
+                                                                   sync_config) -> None:
+    """`coopctl sync` waits for the connectors' follow-ups before it ends; the watcher's
+    batches (background_follow_ups) do not, and a failed one comes back for a retry."""
+    add(with_plans, "ana.lima", "bob.dupont")
+    service = FollowingLedger()
+    sync = engine(sync_config, service)
+    sync.apply(sync.plan())
+    with_plans("member", "suspend", "ana.lima")
+    service.gate.set()
+    summary = sync.apply(sync.plan())
+    assert (summary.applied, summary.failed, service.followed) == (1, [], [["ana.lima"]])
+    assert [(r.uid, r.action, r.detail, r.result)
+            for r in sync.journal.entries(uid="ana.lima")][-2:] == [
+        ("ana.lima", "suspend", {}, "ok"), ("ana.lima", "suspend", {"step": "followed"}, "ok")]
+
+    with_plans("member", "suspend", "bob.dupont")
+    service.gate.clear()
+    service.fail = True
+    summary = sync.apply(sync.plan(), background_follow_ups=True)  # returns, gate shut
+    assert (summary.applied, summary.failed) == (1, [])
+    assert not service.state.accounts["bob.dupont"]["enabled"]
+    assert sync.take_late_failed() == set() and service.followed == [["ana.lima"]]
+    service.gate.set()
+    sync.wait_follow_ups()
+    assert service.followed == [["ana.lima"], ["bob.dupont"]]
+    assert sync.take_late_failed() == {"bob.dupont"} and sync.take_late_failed() == set()
+    last = list(sync.journal.entries(uid="bob.dupont"))[-1]
+    assert (last.action, last.result, last.error) == ("suspend", "failed", "it failed")

@@ -128,6 +128,9 @@ class ChangeResult:
     change: ServiceChange
     ok: bool
     error: str | None = None   # what went wrong, for the journal and the summary (no secret)
+    # In effect, with tidying left that no member waits for: the connector's follow_up()
+    # finishes it (see Connector.follow_up).
+    follow_up: bool = False
 
 
 @dataclass
@@ -232,6 +235,18 @@ class Connector(ABC):
     @abstractmethod
     def apply(self, changes: Sequence[ServiceChange], report: Report) -> None:
         """Apply `changes` (all of this service), calling `report` once per change."""
+
+    def follow_up(self, changes: Sequence[ServiceChange], report: Report) -> None:
+        """Finish the changes that `apply` reported in effect with ``follow_up=True``.
+
+        For tidying that nobody waits for once the change is in effect: the cloud deletes a
+        suspended member's auth tokens after the disable has already refused every one of
+        them. A `coopctl sync` waits for it before it ends; the watcher runs it beside its
+        next batches, so that a burst of suspensions is not held up by it. `report` once per
+        change; a failure is retried by the next run (the connector remembers what is left).
+        """
+        for change in changes:
+            report(ChangeResult(change, True))
 
     def export(self, member: MemberState, dest: Path) -> list[Path]:
         """Write the member's data into `dest` (created), return the files written.

@@ -2,10 +2,13 @@
 
 Accounts are read and changed through Nextcloud's OCS provisioning API, a network API that
 answers in bulk (``users/details``: every user with quota, usage, groups, enabled) and costs
-one HTTP request per change. What only the cloud host can do goes through Ansible, batched:
-ending live sessions (``occ user:auth-tokens:delete`` per token), removing a purged member's
-leftover files, and copying a departing member's files into the archive
-(``playbooks/roles/cloud/tasks/sync.yml``, items of ``coop_sync_cloud``).
+one HTTP request per change. A suspension is the OCS disable, which Nextcloud checks at every
+request, so every session ends with it; deleting the member's auth tokens (``occ
+user:auth-tokens:delete``, one SSH command for the batch) is its follow-up, which the watcher
+does not wait for (see ``follow_up``). What only the cloud host can do and changes data goes
+through Ansible, batched: removing a purged member's leftover files, and copying a departing
+member's files into the archive (``playbooks/roles/cloud/tasks/sync.yml``, items of
+``coop_sync_cloud``).
 
 Settings (``services.cloud`` in the configuration):
 
@@ -65,9 +68,9 @@ TIMEOUT = 30
 UNMANAGED_GROUPS = frozenset({"admin"})
 # State-store kind of the groups coopctl has put members in (so it may also take them out).
 GROUP_MARK = "managed-group"
-# State-store kind of the suspended members whose sessions are not known to be ended: set
+# State-store kind of the suspended members whose auth tokens are not known to be deleted: set
 # before the account is disabled, cleared once the cloud host deleted their tokens. A run that
-# failed (or died) in between leaves it, and the next run ends the sessions then.
+# failed (or died) in between leaves it, and the next run deletes them then.
 SESSIONS_MARK = "sessions-to-end"
 _ACTION_ORDER = {action: index for index, action in enumerate(Action)}
 # OCS v2 success status; "already exists" answers of addUser and addGroup.
@@ -450,22 +453,36 @@ class CloudConnector(PlaybookExport, Connector):
                     waiting.append((change, item))
         finally:
             client.session.close()
-        revokes = [(c, item) for c, item in waiting if item["action"] == "revoke"]
-        if revokes:
-            self._end_sessions([c for c, _ in revokes], report)
+        for change, item in waiting:
+            if item["action"] == "revoke":
+                # Disabled: from now on Nextcloud refuses every session and app password of
+                # the account (Session::isLoggedIn and completeLogin check isEnabled() at
+                # each request); deleting its tokens is the follow-up (see follow_up).
+                report(ChangeResult(change, True, follow_up=True))
         host_items = [(c, item) for c, item in waiting if item["action"] != "revoke"]
         if host_items:
             self._run_host_items(host_items, report)
 
+    def follow_up(self, changes: Sequence[ServiceChange], report: Report) -> None:
+        """Delete the auth tokens of the suspended members, after the disable.
+
+        One SSH command for all of them, running the role's ``coop-cloud-end-sessions`` (one
+        ``occ user:auth-tokens:delete UID --last-used-before`` per member, a few at a time;
+        about 0.1-0.4 s of occ per member), not an Ansible run. The disable already refused
+        every session: Nextcloud checks that the account is enabled at each request
+        (lib/private/User/Session.php: isLoggedIn(), and completeLogin() for app passwords
+        and tokens) and deletes a disabled account's token only at its next periodic check
+        (checkTokenCredentials, every 5 minutes). Deleting them now means a restored member
+        starts with fresh logins, and no old device or stolen app password comes back with
+        the account. Every file is kept. Until it succeeds the member stays marked
+        `sessions-to-end` and the next run plans it again; the watcher does not wait for it
+        (a burst of suspensions is not held up by occ's start-up per member)."""
+        if changes:
+            self._end_sessions(changes, report)
+
     def _end_sessions(self, changes: Sequence[ServiceChange], report: Report) -> None:
-        """Delete the auth tokens of the batch's suspended members: one SSH command running
-        the role's ``coop-cloud-end-sessions`` (one ``occ user:auth-tokens:delete UID
-        --last-used-before`` per member, a few members at a time), not an Ansible run. The
-        accounts are already disabled through OCS, but their browser sessions and app
-        passwords last until the cloud's next periodic check; a suspension must end them
-        within seconds (the watcher's target: 5 s), where the playbook run cost 4-8 s for one
-        member and about 1 s more per member (measured by bench/bench_watch_lab.py). Deleting
-        tokens ends sessions and keeps every file."""
+        changes = [ServiceChange(self.name, Action.SUSPEND, c.uid,
+                                 {"sessions": "auth tokens deleted"}) for c in changes]
         uids = [c.uid for c in changes]
         try:
             out = self.runtime.hosts.signal(self._host_group,
@@ -473,8 +490,8 @@ class CloudConnector(PlaybookExport, Connector):
         except Exception as exc:  # HostError, and whatever the SSH layer raises
             message = getattr(exc, "message", None) or str(exc)
             for change in changes:
-                report(ChangeResult(change, False, f"cloud: {change.uid}: disabled, but ending "
-                                                   f"its sessions failed: {message}"))
+                report(ChangeResult(change, False, f"cloud: {change.uid}: disabled, but deleting "
+                                                   f"its auth tokens failed: {message}"))
             return
         results = parse_results(out)
         for change in changes:
@@ -483,8 +500,8 @@ class CloudConnector(PlaybookExport, Connector):
                 self.runtime.state.unmark(self.name, SESSIONS_MARK, change.uid)
                 report(ChangeResult(change, True))
             else:
-                report(ChangeResult(change, False, f"cloud: {change.uid}: disabled, but ending "
-                                                   f"its sessions failed: {text}"))
+                report(ChangeResult(change, False, f"cloud: {change.uid}: disabled, but deleting "
+                                                   f"its auth tokens failed: {text}"))
 
     def _item(self, uid: str, action: str, **extra: Any) -> dict[str, Any]:
         item: dict[str, Any] = {"uid": uid, "action": action, **extra}
@@ -542,7 +559,7 @@ class CloudConnector(PlaybookExport, Connector):
             self.runtime.state.mark(self.name, SESSIONS_MARK, uid)
             if detail.get("login") == "disable":
                 self._ocs(client, "PUT", f"{user_path}/disable")
-            return {"uid": uid, "action": "revoke"}  # ended at once, see _end_sessions
+            return {"uid": uid, "action": "revoke"}  # tokens deleted by follow_up
         if change.action is Action.PURGE:
             # 998: already deleted (a run interrupted after the delete): still clean files up
             self._ocs(client, "DELETE", user_path, accept=(_OK, 998))

@@ -3,7 +3,9 @@
 `SyncSink` is the real one: `Sync.plan(uids=batch)` then `Sync.apply`, reading exactly the
 batch's members (a member deleted from the directory is simply absent: the sync never touches
 a member it cannot read, and `coopctl audit` reports their leftovers); it times each step
-(read, plan, apply, each service's part) for the watcher's batch log line. `RecordingSink` touches
+(read, plan, apply, each service's part) for the watcher's batch log line. The connectors'
+follow-ups (the cloud's token deletion after a disable) run beside the next batches, and
+the members whose follow-up failed are retried with a later batch. `RecordingSink` touches
 no service: it records the uids it is given, for the tests and the benchmark of the directory
 side, where the connectors are not what is measured (they have their own tests).
 """
@@ -73,6 +75,7 @@ class SyncSink:
             if service_plan.error:
                 log.warning("%s not reachable: %s", name, service_plan.error)
         timing["plan"] = time.monotonic() - started - timing["read"]
+        retry |= self.engine.take_late_failed()
         if not plan.changes():
             return BatchResult(retry=retry, held=held, alert=alert, timing=_rounded(timing))
         applying = time.monotonic()
@@ -80,9 +83,9 @@ class SyncSink:
         def progress(result: ChangeResult) -> None:  # under the sync's journal lock
             timing[result.change.service] = time.monotonic() - applying
 
-        summary = self.engine.apply(plan, progress=progress)
+        summary = self.engine.apply(plan, progress=progress, background_follow_ups=True)
         timing["apply"] = time.monotonic() - applying
-        retry |= {r.change.uid for r in summary.failed}
+        retry |= {r.change.uid for r in summary.failed} | self.engine.take_late_failed()
         return BatchResult(summary.applied, len(summary.failed), retry, held, alert,
                            _rounded(timing))
 
@@ -94,10 +97,16 @@ class SyncSink:
         except GuardStop as exc:
             return BatchResult(alert=exc.message)
         if not plan.changes():
-            return BatchResult()
-        summary = self.engine.apply(plan)
+            return BatchResult(retry=self.engine.take_late_failed())
+        summary = self.engine.apply(plan, background_follow_ups=True)
         return BatchResult(summary.applied, len(summary.failed),
-                           {r.change.uid for r in summary.failed})
+                           {r.change.uid for r in summary.failed} | self.engine.take_late_failed())
+
+    def close(self) -> None:
+        """Let the connectors' follow-ups still running finish (the cloud's token deletion of
+        the last suspensions): the watcher calls it before it exits. One that is killed
+        instead leaves its members marked, and the next run finishes them."""
+        self.engine.wait_follow_ups()
 
 
 def _rounded(timing: dict[str, float]) -> dict[str, float]:

@@ -183,6 +183,9 @@ class Watcher:
         self._write_status()
 
     def close(self) -> None:
+        finish = getattr(self.sink, "close", None)
+        if finish is not None:  # follow-ups still running (SyncSink.close)
+            finish()
         if self.state is not None:
             self.status.update(state="stopped", connected=False)
             self._write_status()

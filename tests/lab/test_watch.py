@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.lab.helpers import coopctl_connection, first_login_change
 from tests.lab.test_mail import imap
@@ -128,6 +129,26 @@ class Clock:
         self.figures[what] = (now - self.written, now - self.started)
 
 
+def cloud_app_password(lab, uid: str) -> str:
+    """A new app password of `uid` (as a desktop client gets one), through the cloud's occ."""
+    return lab.host("apps").check_output(f"occ-double user:auth-tokens:add {uid}").splitlines()[1]
+
+
+def cloud_tokens(lab, uid: str) -> list[dict]:
+    return json.loads(lab.host("apps").check_output(
+        f"occ-double user:auth-tokens:list {uid} --output=json"))
+
+
+def cloud_login(lab, uid: str, secret: str) -> int:
+    """The HTTP status of an OCS call authenticated as `uid` with `secret`."""
+    s = requests.Session()
+    s.trust_env = False
+    return s.get(f"https://{lab.addresses['apps']}/ocs/v2.php/cloud/user",
+                 params={"format": "json"}, headers={"Host": "cloud.demo.coop",
+                                                     "OCS-APIRequest": "true"},
+                 auth=(uid, secret), verify=str(lab.ca_file), timeout=30).status_code
+
+
 def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
     config = watching["config"]
     uid, password = f"watch{secrets.token_hex(3)}", secrets.token_urlsafe(16)
@@ -161,6 +182,10 @@ def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
     pad_session = pads_api(lab, "createSession", groupID=group["data"]["groupID"],
                            authorID=author, validUntil=str(int(time.time()) + 3600))
     session_id = pad_session["data"]["sessionID"]
+    # Two app passwords of a cloud client: one to use (the cloud refuses it once the account
+    # is disabled), one left alone until the connector's follow-up deletes it.
+    app_password, spare = cloud_app_password(lab, uid), cloud_app_password(lab, uid)
+    assert cloud_login(lab, uid, app_password) == 200
     clock.write("member", "suspend", uid)
 
     def cut() -> bool:
@@ -175,6 +200,8 @@ def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
     clock.seen("suspension -> IMAP session cut", cut)
     clock.seen("suspension -> cloud account disabled",
                lambda: cloud_user(lab, uid)["enabled"] is False)
+    clock.seen("suspension -> cloud app password refused",
+               lambda: cloud_login(lab, uid, app_password) == 401)
     clock.seen("suspension -> pad session deleted",
                lambda: pads_api(lab, "getSessionInfo", sessionID=session_id)["code"] != 0)
 
@@ -188,6 +215,13 @@ def test_changes_reach_the_services_without_a_sync(lab, watching) -> None:
         return {(r["service"], r["action"]) for r in records if r["result"] == "ok"}
 
     until(lambda: wanted <= journalled(), "every change in the journal")
+    # the follow-up: every auth token deleted, the spare one too, and journalled
+    until(lambda: any(r["service"] == "cloud" and r["result"] == "ok"
+                      and r["detail"] == {"sessions": "auth tokens deleted"}
+                      for r in json.loads(coopctl(config, "journal", "--member", uid, "--json"))),
+          "the cloud's follow-up in the journal")
+    assert cloud_tokens(lab, uid) == []
+    assert cloud_login(lab, uid, spare) == 401
     status = json.loads(coopctl(config, "watch", "--status", "--json"))
     assert status["alert"] is None and status["connected"]
     for what, (after_write, after_start) in clock.figures.items():

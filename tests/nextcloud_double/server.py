@@ -14,10 +14,11 @@ Semantics follow Nextcloud's provisioning_api app and OCS framework:
 - Auth tokens as Nextcloud's ``Session`` class creates them: a password login from a client
   that keeps cookies (it sent back ``cookie_test``) gets a session token, carried by
   the ``nc_session_id`` cookie; app passwords (``occ-double user:auth-tokens:add``)
-  work as basic-auth passwords. A token of a disabled user is deleted at its first
-  use and refused. Nextcloud re-checks a token's user at most every 5 minutes
-  (``lastCheck``), so a disabled user may keep working up to 5 minutes there; the
-  double checks on every request (documented difference: stricter, never looser).
+  work as basic-auth passwords. A disabled user's session and app passwords are refused
+  at once, as Nextcloud's ``Session`` does (``isLoggedIn`` and ``completeLogin`` check
+  ``isEnabled()`` at every request). Nextcloud deletes such a token at its next periodic
+  check (``checkTokenCredentials``, every 5 minutes); the double deletes it at its first
+  refused use (documented difference: its token table empties sooner).
 """
 
 from __future__ import annotations
@@ -545,9 +546,10 @@ class Handler(BaseHTTPRequestHandler):
     def _token_login(self, secret: str, login: str | None = None) -> str | None:
         """The uid a token authenticates, or None.
 
-        Like ``Session::checkTokenCredentials`` (which Nextcloud runs at most every 5
-        minutes, the double on every use): the token of a disabled or deleted user is
-        deleted and refused. ``lastActivity`` is updated at most once a minute.
+        The token of a disabled or deleted user is refused, as ``Session::completeLogin``
+        refuses it in Nextcloud at every request, and deleted at once (Nextcloud:
+        ``checkTokenCredentials``, at most every 5 minutes). ``lastActivity`` is updated at
+        most once a minute.
         """
         token = self.store.find_token(secret)
         if token is None or (login is not None and token["uid"] != login):
