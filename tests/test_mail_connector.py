@@ -8,6 +8,7 @@ script itself runs here, in a local `sh`, against a stand-in `doveadm` that answ
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import os
@@ -46,7 +47,15 @@ DU_OUTPUT = (
 
 
 # Answers like Dovecot: 2.3 without a session (exit 68), 2.4 (exit 0 either way), a failure.
+# `doveadm -f tab who -1` prints who.tab beside it (a header, then a line per connection),
+# or fails when there is none; each kick is logged to kicked.log.
 FAKE_DOVEADM = """#!/bin/sh
+dir=$(dirname "$0")
+if [ "$1" = "-f" ] && [ "$3" = "who" ]; then
+  [ -f "$dir/who.tab" ] || { echo "doveadm(root): Error: anvil: connect failed" >&2; exit 75; }
+  cat "$dir/who.tab"; exit 0
+fi
+echo "$2" >> "$dir/kicked.log"
 case "$2" in
   ana@*) echo "ana@demo.coop"; exit 0 ;;
   cy@*) echo "doveadm(cy): Fatal: anvil socket refused" >&2; exit 75 ;;
@@ -361,6 +370,31 @@ def test_suspensions_are_one_ssh_kick_and_failures_stay_per_member(doveadm_dir: 
         "eve": (True, None),   # 2.3: nobody connected, exit 68
     }
     assert state.marks("mail", "kicked") == {"ana", "dee", "eve"}
+
+
+def test_only_the_members_doveadm_who_lists_are_kicked(doveadm_dir: Path) -> None:
+    """`doveadm who` read once: a member not connected needs no kick (the directory already
+    refuses their logins); a connected one is kicked whatever the case of the address."""
+    (doveadm_dir / "who.tab").write_text(
+        "username\tservice\tpid\tip\tdest_ip\n"
+        "ana@demo.coop\timap\t4242\t10.77.0.1\t10.77.0.11\n"
+        "ana@demo.coop\tsubmission\t4243\t10.77.0.1\t10.77.0.11\n"
+        "cy@demo.coop\timap\t4250\t10.77.0.2\t10.77.0.11\n"
+        "zed@demo.coop\timap\t4260\t10.77.0.3\t10.77.0.11\n")
+    hosts, state = FakeHosts(bin_dir=doveadm_dir), MemoryState()
+    conn = connector(hosts, state)
+    members = [member(u, status="suspended") for u in ("ana", "cy", "eve")]
+    members[0] = dataclasses.replace(members[0], mail="Ana@Demo.coop")
+    results: list[ChangeResult] = []
+    conn.apply(conn.plan(desired(*members), observation(welcomed=("ana", "cy", "eve"))),
+               results.append)
+    assert sorted((doveadm_dir / "kicked.log").read_text().split()) == [
+        "ana@demo.coop", "cy@demo.coop"]
+    assert {r.change.uid: (r.ok, r.error) for r in results} == {
+        "ana": (True, None),
+        "cy": (False, "doveadm kick failed (exit 75): doveadm(cy): Fatal: anvil socket refused"),
+        "eve": (True, None)}  # not connected: nothing to kick
+    assert state.marks("mail", "kicked") == {"ana", "eve"}
 
 
 def test_an_unreachable_mail_host_fails_each_suspension_and_marks_nothing() -> None:

@@ -33,8 +33,10 @@ Nextcloud's ``admin`` group is never granted nor removed by a sync.
 from __future__ import annotations
 
 import secrets
+import threading
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -64,6 +66,8 @@ MIB = 1024 * 1024
 DEFAULT_PAGE_SIZE = 500
 DEFAULT_HOST_GROUP = "cloud_servers"
 TIMEOUT = 30
+# OCS disables at once when suspensions come in a burst (see CloudConnector.apply).
+SUSPEND_PARALLEL = 4
 # Nextcloud's own administrators' group: a sync neither grants nor removes it.
 UNMANAGED_GROUPS = frozenset({"admin"})
 # State-store kind of the groups coopctl has put members in (so it may also take them out).
@@ -422,37 +426,61 @@ class CloudConnector(PlaybookExport, Connector):
 
     # ------------------------------------------------------------------ apply
     def apply(self, changes: Sequence[ServiceChange], report: Report) -> None:
-        """Apply through OCS; then one playbook run for the host side of the whole batch."""
+        """Apply through OCS; then one playbook run for the host side of the whole batch.
+
+        Suspensions first, SUSPEND_PARALLEL at a time (each its own OCS session): a burst of
+        suspensions must end sessions within seconds, and each disable mostly waits for the
+        cloud. The other changes follow one by one (creations share the groups they make)."""
         ordered = sorted(changes, key=lambda c: (_ACTION_ORDER[c.action], c.uid))
         try:
-            client = self._client()
+            clients = [self._client()]
         except ServiceUnavailable as exc:
             for change in ordered:
                 report(ChangeResult(change, False, str(exc)))
             return
-        down: str | None = None
+        down: list[str] = []  # the first outage: every later change fails with it
         waiting: list[tuple[ServiceChange, dict[str, Any]]] = []
         known_groups: set[str] = set()
-        try:
-            for change in ordered:
-                if down is not None:
-                    report(ChangeResult(change, False, down))
-                    continue
-                try:
-                    item = self._apply_one(client, change, known_groups)
-                except _Down as exc:
-                    down = str(exc)
-                    report(ChangeResult(change, False, down))
-                    continue
-                except _Failed as exc:
-                    report(ChangeResult(change, False, f"cloud: {change.uid}: {exc}"))
-                    continue
-                if item is None:
-                    report(ChangeResult(change, True))
-                else:
+        lock = threading.Lock()
+
+        def one(client: _Client, change: ServiceChange) -> None:
+            if down:
+                report(ChangeResult(change, False, down[0]))
+                return
+            try:
+                item = self._apply_one(client, change, known_groups)
+            except _Down as exc:
+                with lock:
+                    down.append(str(exc))
+                report(ChangeResult(change, False, str(exc)))
+                return
+            except _Failed as exc:
+                report(ChangeResult(change, False, f"cloud: {change.uid}: {exc}"))
+                return
+            if item is None:
+                report(ChangeResult(change, True))
+            else:
+                with lock:
                     waiting.append((change, item))
+
+        def chunk(client: _Client, part: Sequence[ServiceChange]) -> None:
+            for change in part:
+                one(client, change)
+
+        suspends = [c for c in ordered if c.action is Action.SUSPEND]
+        others = [c for c in ordered if c.action is not Action.SUSPEND]
+        try:
+            if suspends:
+                workers = min(SUSPEND_PARALLEL, len(suspends))
+                clients += [self._client() for _ in range(workers - 1)]
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    for future in [pool.submit(chunk, clients[i], suspends[i::workers])
+                                   for i in range(workers)]:
+                        future.result()
+            chunk(clients[0], others)
         finally:
-            client.session.close()
+            for client in clients:
+                client.session.close()
         for change, item in waiting:
             if item["action"] == "revoke":
                 # Disabled: from now on Nextcloud refuses every session and app password of

@@ -305,13 +305,24 @@ class MailConnector(PlaybookExport, Connector):
         Dovecot 2.3 exits 68 with "no users kicked" when nobody was connected; 2.4 prints
         "0 connections kicked" and exits 0: both are success. Each member's result is one
         ``mail<TAB>exit<TAB>output`` line (one write, so lines of kicks running side by side
-        do not mix), so a failure stays with its member; up to KICK_PARALLEL at once.
+        do not mix), so a failure stays with its member; up to KICK_PARALLEL at once, and
+        only for the members `doveadm who` lists (Dovecot lowercases logins, so the
+        addresses are compared in lower case): a burst of 100 suspensions, of whom a few
+        are connected, is a few kicks, not 100 (each doveadm process costs 30-40 ms).
         """
         one = ("out=$(doveadm kick \"$1\" 2>&1); rc=$?; printf '%s\\t%s\\t%s\\n' \"$1\" \"$rc\" "
                "\"$(printf %s \"$out\" | tr '\\t\\n' '  ' | cut -c1-200)\"")
-        script = (f"echo {KICK_MARK}; one=$1; shift; printf '%s\\0' \"$@\" | "
+        # Who is connected now (one doveadm call): only they are kicked. The directory
+        # already refuses the others' new logins. If the list cannot be read, everyone is.
+        script = (f"echo {KICK_MARK}; one=$1; shift; nl='\n'; "
+                  "if who=$(doveadm -f tab who -1 2>/dev/null); then "
+                  "on=\"$nl$(printf '%s\\n' \"$who\" | sed 1d | cut -f1 | "
+                  "tr '[:upper:]' '[:lower:]')$nl\"; "
+                  "for m do shift; case \"$on\" in *\"$nl$m$nl\"*) set -- \"$@\" \"$m\" ;; "
+                  "*) printf '%s\\t0\\tnot connected\\n' \"$m\" ;; esac; done; fi; "
+                  "[ $# -eq 0 ] || printf '%s\\0' \"$@\" | "
                   f"xargs -0 -r -n 1 -P {KICK_PARALLEL} sh -c \"$one\" kick")
-        mails = [str(c.detail["mail"]) for c in changes]
+        mails = [str(c.detail["mail"]).lower() for c in changes]
         try:
             out = self.runtime.hosts.signal(self.host_group,
                                             ["sh", "-c", script, "kick", one, *mails])
@@ -321,7 +332,7 @@ class MailConnector(PlaybookExport, Connector):
             return
         results = parse_results(out.partition(KICK_MARK)[2])
         for change in changes:
-            failure = kick_failure(results.get(str(change.detail["mail"])))
+            failure = kick_failure(results.get(str(change.detail["mail"]).lower()))
             if failure:
                 report(ChangeResult(change, False, failure))
                 continue

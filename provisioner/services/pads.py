@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -57,6 +58,8 @@ from provisioner.services.base import (
 SERVICE = "pads"
 DEFAULT_API_VERSION = "1.2.15"
 TIMEOUT = 20.0
+# Suspensions applied at once when they come in a burst (see PadsConnector.apply).
+SUSPEND_PARALLEL = 4
 #: How long the throw-away session used to export a member's group pads lives (seconds).
 EXPORT_SESSION_SECONDS = 600
 #: The name a purged member's author keeps (Etherpad 1.8 cannot delete authors).
@@ -496,19 +499,23 @@ class PadsConnector(Connector):
     def apply(self, changes: Sequence[ServiceChange], report: Report) -> None:
         """Apply each change; one member's failure is reported and the others go on.
 
-        When Etherpad cannot be used at all (ServiceUnavailable), the change at hand and every
-        remaining one are reported as failed, then ServiceUnavailable is raised for the sync.
+        Suspensions first, SUSPEND_PARALLEL at a time: a burst of them must end sessions
+        within seconds, and each is a few API calls that wait for Etherpad. When Etherpad
+        cannot be used at all (ServiceUnavailable), the change at hand and every remaining
+        one are reported as failed, then ServiceUnavailable is raised for the sync.
         """
         self._fresh_groups = set()
-        for index, change in enumerate(changes):
+        down: list[str] = []
+
+        def one(change: ServiceChange) -> None:
+            if down:
+                report(ChangeResult(change, ok=False, error=f"not attempted: {down[0]}"))
+                return
             try:
                 self._apply_one(change)
             except ServiceUnavailable as exc:
-                message = self._clean(str(exc))
-                report(ChangeResult(change, ok=False, error=message))
-                for rest in changes[index + 1:]:
-                    report(ChangeResult(rest, ok=False, error=f"not attempted: {message}"))
-                raise ServiceUnavailable(message) from None
+                down.append(self._clean(str(exc)))
+                report(ChangeResult(change, ok=False, error=self._clean(str(exc))))
             except EtherpadError as exc:
                 report(ChangeResult(change, ok=False, error=self._clean(str(exc))))
             except Exception as exc:  # a bug must not stop the other members either
@@ -516,6 +523,16 @@ class PadsConnector(Connector):
                                     error=self._clean(f"{type(exc).__name__}: {exc}")))
             else:
                 report(ChangeResult(change, ok=True))
+
+        suspends = [c for c in changes if c.action is Action.SUSPEND]
+        if suspends:
+            with ThreadPoolExecutor(max_workers=min(SUSPEND_PARALLEL, len(suspends))) as pool:
+                list(pool.map(one, suspends))
+        for change in changes:
+            if change.action is not Action.SUSPEND:
+                one(change)
+        if down:
+            raise ServiceUnavailable(down[0])
 
     def _apply_one(self, change: ServiceChange) -> None:
         uid, detail = change.uid, change.detail
