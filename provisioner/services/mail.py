@@ -314,9 +314,10 @@ class MailConnector(PlaybookExport, Connector):
                "\"$(printf %s \"$out\" | tr '\\t\\n' '  ' | cut -c1-200)\"")
         # Who is connected now (one doveadm call): only they are kicked. The directory
         # already refuses the others' new logins. If the list cannot be read, everyone is.
+        # Its header line ("username") is kept: it never equals an address.
         script = (f"echo {KICK_MARK}; one=$1; shift; nl='\n'; "
                   "if who=$(doveadm -f tab who -1 2>/dev/null); then "
-                  "on=\"$nl$(printf '%s\\n' \"$who\" | sed 1d | cut -f1 | "
+                  "on=\"$nl$(printf '%s\\n' \"$who\" | cut -f1 | "
                   "tr '[:upper:]' '[:lower:]')$nl\"; "
                   "for m do shift; case \"$on\" in *\"$nl$m$nl\"*) set -- \"$@\" \"$m\" ;; "
                   "*) printf '%s\\t0\\tnot connected\\n' \"$m\" ;; esac; done; fi; "
