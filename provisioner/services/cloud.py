@@ -459,6 +459,11 @@ class CloudConnector(PlaybookExport, Connector):
                 return
             if item is None:
                 report(ChangeResult(change, True))
+            elif item["action"] == "revoke":
+                # Disabled: from now on Nextcloud refuses every session and app password of
+                # the account (Session::isLoggedIn and completeLogin check isEnabled() at
+                # each request); deleting its tokens is the follow-up (see follow_up).
+                report(ChangeResult(change, True, follow_up=True))
             else:
                 with lock:
                     waiting.append((change, item))
@@ -481,15 +486,8 @@ class CloudConnector(PlaybookExport, Connector):
         finally:
             for client in clients:
                 client.session.close()
-        for change, item in waiting:
-            if item["action"] == "revoke":
-                # Disabled: from now on Nextcloud refuses every session and app password of
-                # the account (Session::isLoggedIn and completeLogin check isEnabled() at
-                # each request); deleting its tokens is the follow-up (see follow_up).
-                report(ChangeResult(change, True, follow_up=True))
-        host_items = [(c, item) for c, item in waiting if item["action"] != "revoke"]
-        if host_items:
-            self._run_host_items(host_items, report)
+        if waiting:
+            self._run_host_items(waiting, report)
 
     def follow_up(self, changes: Sequence[ServiceChange], report: Report) -> None:
         """Delete the auth tokens of the suspended members, after the disable.
@@ -509,8 +507,9 @@ class CloudConnector(PlaybookExport, Connector):
             self._end_sessions(changes, report)
 
     def _end_sessions(self, changes: Sequence[ServiceChange], report: Report) -> None:
-        changes = [ServiceChange(self.name, Action.SUSPEND, c.uid,
-                                 {"sessions": "auth tokens deleted"}) for c in changes]
+        changes = [ServiceChange(self.name, Action.SUSPEND, uid,
+                                 {"sessions": "auth tokens deleted"})
+                   for uid in sorted({c.uid for c in changes})]
         uids = [c.uid for c in changes]
         try:
             out = self.runtime.hosts.signal(self._host_group,
