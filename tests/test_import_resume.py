@@ -218,9 +218,17 @@ def test_an_import_killed_mid_way_is_finished_by_the_next_run(server: Server,
     assert 300 <= len(imported) < 3000
 
     result = server.run("member", "import", str(csv_file), "--part-size", "100")
-    assert result.returncode == 0, result.stderr
     assert f"Finishing the import of {csv_file}" in result.stdout
     assert f"stopped after part {record['done']} of 30" in result.stdout
+    if result.returncode == 6 and "the connection to the directory broke" in result.stderr:
+        # Debian 12's slapd 2.5.13 can crash later still, on a commit after the one the
+        # killed client left (CI, stop 18: at this run's part 13). coopctl said so (exit 6,
+        # Error + Hint) having committed whole parts only; the run after it finishes.
+        assert_clean_error(result)
+        server.settle_after_killed_client()
+        result = server.run("member", "import", str(csv_file), "--part-size", "100")
+        assert f"Finishing the import of {csv_file}" in result.stdout
+    assert result.returncode == 0, result.stderr
     assert "The interrupted import is complete." in result.stdout
     assert len(server.uids()) == 3000 and server.record() is None
     assert len(server.group_members("board")) == 1000
