@@ -417,19 +417,7 @@ class Sync:
                 if not result.ok:
                     failed(result)
 
-        def one(name: str, changes: list[ServiceChange]) -> None:
-            try:
-                connectors[name].follow_up(changes, report)
-            except Exception as exc:  # a connector bug must not stop the others
-                for change in changes:
-                    report(ChangeResult(change, False, f"{name}: follow-up: {_message(exc)}"))
-
-        work = [(name, changes) for name, changes in follow.items() if changes]
-        if not work:
-            return
-        with ThreadPoolExecutor(max_workers=len(work)) as pool:
-            for future in [pool.submit(one, name, changes) for name, changes in work]:
-                future.result()
+        self._in_parallel(connectors, follow, report, step="follow_up")
 
     def record_no_changes(self, plan: SyncPlan) -> None:
         """A sync that found nothing to do is a successful run too: recorded, it is the
@@ -448,18 +436,20 @@ class Sync:
 
     def _in_parallel(self, connectors: Mapping[str, Connector],
                      batches: Mapping[str, list[ServiceChange]],
-                     report: Callable[[ChangeResult], None]) -> None:
-        """Each service's batch in its own thread: a sync takes as long as its slowest
-        service, not the sum of all (they wait on different servers)."""
+                     report: Callable[[ChangeResult], None], step: str = "apply") -> None:
+        """Each service's batch in its own thread, through the connector's `step` (apply, or
+        follow_up): a sync takes as long as its slowest service, not the sum of all (they
+        wait on different servers)."""
         work = [(connectors[name], batch) for name, batch in batches.items() if batch]
         if not work:
             return
         with ThreadPoolExecutor(max_workers=len(work)) as pool:
-            for future in [pool.submit(self._apply_batch, c, b, report) for c, b in work]:
+            for future in [pool.submit(self._apply_batch, c, b, report, step)
+                           for c, b in work]:
                 future.result()
 
     def _apply_batch(self, connector: Connector, batch: list[ServiceChange],
-                     report: Callable[[ChangeResult], None]) -> None:
+                     report: Callable[[ChangeResult], None], step: str = "apply") -> None:
         reported: set[int] = set()
 
         def once(result: ChangeResult) -> None:
@@ -467,7 +457,7 @@ class Sync:
             report(result)
 
         try:
-            connector.apply(batch, once)
+            getattr(connector, step)(batch, once)
         except Exception as exc:  # a connector bug or outage must not stop the others
             detail = _message(exc) if isinstance(exc, CoopError | ServiceUnavailable | OSError) \
                 else f"{type(exc).__name__}: {exc} ({traceback.extract_tb(exc.__traceback__)[-1]})"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -207,6 +208,19 @@ class Runtime:
 
 
 Report = Callable[[ChangeResult], None]
+
+# Suspensions a connector applies at once when they come in a burst: a suspension must end
+# sessions within seconds, and each one mostly waits for its service (bench_watch_lab.py).
+SUSPEND_PARALLEL = 4
+
+
+def in_parts(changes: Sequence[ServiceChange], parts: int,
+             work: Callable[[int, Sequence[ServiceChange]], None]) -> None:
+    """`work(i, part)` on `parts` interleaved parts of `changes`, each in a thread of its own;
+    a part is done in order, so `work` may keep one connection per part (index i)."""
+    with ThreadPoolExecutor(max_workers=parts) as pool:
+        for future in [pool.submit(work, i, changes[i::parts]) for i in range(parts)]:
+            future.result()
 
 
 class Connector(ABC):

@@ -36,7 +36,6 @@ import secrets
 import threading
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -46,6 +45,7 @@ import requests
 
 from provisioner.hosts import parse_results
 from provisioner.services.base import (
+    SUSPEND_PARALLEL,
     Action,
     ChangeResult,
     Connector,
@@ -58,6 +58,7 @@ from provisioner.services.base import (
     Report,
     ServiceChange,
     ServiceUnavailable,
+    in_parts,
 )
 from provisioner.validate import format_quota
 from provisioner.validate import quota as parse_quota
@@ -66,8 +67,6 @@ MIB = 1024 * 1024
 DEFAULT_PAGE_SIZE = 500
 DEFAULT_HOST_GROUP = "cloud_servers"
 TIMEOUT = 30
-# OCS disables at once when suspensions come in a burst (see CloudConnector.apply).
-SUSPEND_PARALLEL = 4
 # Nextcloud's own administrators' group: a sync neither grants nor removes it.
 UNMANAGED_GROUPS = frozenset({"admin"})
 # State-store kind of the groups coopctl has put members in (so it may also take them out).
@@ -468,21 +467,17 @@ class CloudConnector(PlaybookExport, Connector):
                 with lock:
                     waiting.append((change, item))
 
-        def chunk(client: _Client, part: Sequence[ServiceChange]) -> None:
-            for change in part:
-                one(client, change)
+        def part(index: int, changes: Sequence[ServiceChange]) -> None:
+            for change in changes:
+                one(clients[index], change)
 
         suspends = [c for c in ordered if c.action is Action.SUSPEND]
-        others = [c for c in ordered if c.action is not Action.SUSPEND]
         try:
             if suspends:
-                workers = min(SUSPEND_PARALLEL, len(suspends))
-                clients += [self._client() for _ in range(workers - 1)]
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    for future in [pool.submit(chunk, clients[i], suspends[i::workers])
-                                   for i in range(workers)]:
-                        future.result()
-            chunk(clients[0], others)
+                clients += [self._client()
+                            for _ in range(min(SUSPEND_PARALLEL, len(suspends)) - 1)]
+                in_parts(suspends, len(clients), part)
+            part(0, [c for c in ordered if c.action is not Action.SUSPEND])
         finally:
             for client in clients:
                 client.session.close()

@@ -30,7 +30,6 @@ import re
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -40,6 +39,7 @@ from urllib.parse import quote
 import requests
 
 from provisioner.services.base import (
+    SUSPEND_PARALLEL,
     Action,
     ChangeResult,
     Connector,
@@ -53,13 +53,12 @@ from provisioner.services.base import (
     ServiceChange,
     ServiceUnavailable,
     StateStore,
+    in_parts,
 )
 
 SERVICE = "pads"
 DEFAULT_API_VERSION = "1.2.15"
 TIMEOUT = 20.0
-# Suspensions applied at once when they come in a burst (see PadsConnector.apply).
-SUSPEND_PARALLEL = 4
 #: How long the throw-away session used to export a member's group pads lives (seconds).
 EXPORT_SESSION_SECONDS = 600
 #: The name a purged member's author keeps (Etherpad 1.8 cannot delete authors).
@@ -524,10 +523,13 @@ class PadsConnector(Connector):
             else:
                 report(ChangeResult(change, ok=True))
 
+        def part(_: int, part_changes: Sequence[ServiceChange]) -> None:
+            for change in part_changes:
+                one(change)
+
         suspends = [c for c in changes if c.action is Action.SUSPEND]
         if suspends:
-            with ThreadPoolExecutor(max_workers=min(SUSPEND_PARALLEL, len(suspends))) as pool:
-                list(pool.map(one, suspends))
+            in_parts(suspends, min(SUSPEND_PARALLEL, len(suspends)), part)
         for change in changes:
             if change.action is not Action.SUSPEND:
                 one(change)
