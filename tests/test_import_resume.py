@@ -290,10 +290,22 @@ def test_an_entry_refused_in_a_later_part_names_its_line(server: Server,
     stdout, stderr = process.communicate(timeout=120)
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert_clean_error(result)
+    crashed = 0
+    while result.returncode == 6 and "the connection to the directory broke" in result.stderr:
+        # Debian 12's slapd 2.5.13 sometimes dies on a commit under load (issue 8; CI, stop
+        # 18, this test under a loaded full run): coopctl says so, and the run after it goes
+        # on from the record until it reaches the refused row.
+        crashed += 1
+        assert crashed <= 3, result.stderr
+        server.settle_after_killed_client()
+        result = server.run("member", "import", str(csv_file), "--part-size", "100")
+        assert_clean_error(result)
+    stderr = result.stderr
     assert ("Error: line 2952 (person2950.peeters): adding uid=person2950.peeters,ou=people,"
             in stderr), stderr
     assert "(entryAlreadyExists)" in stderr
-    assert "Parts 1 to 29 of 30 (2900 rows) were committed before this" in stderr
+    if not crashed:
+        assert "Parts 1 to 29 of 30 (2900 rows) were committed before this" in stderr
     assert len(server.uids()) == 2900
 
     result = server.run("member", "import", str(csv_file), "--dry-run")
