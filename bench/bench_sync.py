@@ -15,7 +15,9 @@ Prints, for N members in the directory (default 10,000):
          with nothing changed
   and the peak memory of each sync process, with the ratios a/e and a/f and the targets;
   for the full sync, where its time went per service (from the journal's timestamps, to the
-  second): read and plan, then when each service journaled its first and last change.
+  second): read and plan, then when each service journaled its first and last change; and for
+  the full sync and (b), the CPU seconds each kind of process used (coopctl, the services on
+  the lab's hosts) and how busy the machine was (bench/cpu_by_process.py).
 
     coopctl lab down --name bench; coopctl lab up --name bench --index 5   # a fresh lab
     .venv/bin/python bench/bench_sync.py --lab bench [--members 10000] [--batch 1000]
@@ -38,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cpu_by_process import CpuWatch  # noqa: E402
 from provisioner.lab.config import LabConfig, default_state_dir  # noqa: E402
 from provisioner.lab.inventory import write_coopctl_config  # noqa: E402
 
@@ -225,15 +228,19 @@ def main() -> None:
     seconds, rss, _ = coopctl(config, "member", "import", str(work / "base.csv"))
     print(f"imported {base} members in {seconds:.1f} s", flush=True)
     began = datetime.now(UTC)
-    seconds, rss, data = sync(config)
+    with CpuWatch() as full_cpu:
+        seconds, rss, data = sync(config)
     results["full"] = (seconds, rss)
     print(f"first sync of {base} members: {seconds:.1f} s, {changes(data)} changes, "
           f"{rss} MB, summary {data.get('summary', {}).get('failed', [])[:3]}", flush=True)
-    full_breakdown = service_breakdown(config, began, datetime.now(UTC))
+    full_breakdown = [*service_breakdown(config, began, datetime.now(UTC)),
+                      "  " + full_cpu.summary(per=base)]
     print("\n".join(full_breakdown), flush=True)
     coopctl(config, "member", "import", str(work / "batch.csv"))
-    results["b"] = sync(config)[:2]
-    print(f"(b) first sync of {args.batch} new members: {results['b'][0]:.1f} s", flush=True)
+    with CpuWatch() as batch_cpu:
+        results["b"] = sync(config)[:2]
+    print(f"(b) first sync of {args.batch} new members: {results['b'][0]:.1f} s\n  "
+          + batch_cpu.summary(per=args.batch), flush=True)
     noop = []
     for _ in range(3):
         seconds, rss, data = sync(config)
