@@ -25,7 +25,7 @@ DOVECOT = {"imap", "imap-login", "auth", "lmtp", "doveadm", "indexer-worker", "i
 
 def kind(comm: str, cmdline: str) -> str:
     """What a process is, for the summary (its command name when nothing better is known)."""
-    if "nextcloud_double" in cmdline:
+    if "nextcloud_double" in cmdline or "nextcloud-double" in cmdline:
         return "cloud double"
     if "coopctl" in cmdline:
         return "coopctl"

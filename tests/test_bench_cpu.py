@@ -17,7 +17,7 @@ BURN = ("import time\nend = time.process_time() + 0.6\nwhile time.process_time()
 
 
 def test_processes_are_grouped_by_what_they_are() -> None:
-    assert kind("python3", "/usr/bin/python3 -m tests.nextcloud_double --port 8081") \
+    assert kind("python3", "/usr/bin/python3 /opt/cloud-double/nextcloud-double.pyz serve") \
         == "cloud double"
     assert kind("coopctl", "/x/.venv/bin/python /x/.venv/bin/coopctl sync --yes") == "coopctl"
     assert kind("cleanup", "cleanup -z -t unix -u -c") == "postfix"
