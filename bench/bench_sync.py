@@ -316,6 +316,7 @@ def main() -> None:
         print(f"| (e) Keycloak full sync, first import ({users} users) | {e1:.1f} s | anchor |")
         print(f"| (e2) Keycloak full sync, nothing changed | {e2:.1f} s | anchor |")
         print(f"| ratio a/e2 | {results['a'][0] / e2:.2f} | < 1 |")
+        print(f"| ratio first sync / e | {results['full'][0] / e1:.1f} | < 1 |")
     print(f"| ratio a/f | {results['a'][0] / f:.2f} | < 3 |")
     print(f"| peak memory of a sync process | {max(r for _, r in results.values())} MB "
           "| < 300 MB |")
