@@ -39,9 +39,9 @@ def kind(comm: str, cmdline: str) -> str:
         return "postfix"
     if comm in DOVECOT or comm.startswith("dovecot"):
         return "dovecot"
-    for prefix in ("nginx", "php", "postgres", "sshd", "ssh", "slapd"):
+    for prefix in ("nginx", "php", "postgres", "ssh", "slapd"):  # nginx: worker, sshd...
         if comm.startswith(prefix):
-            return prefix.removesuffix("d") if prefix == "sshd" else prefix
+            return prefix
     return comm
 
 

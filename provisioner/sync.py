@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from provisioner import archive
 from provisioner.config import Config, SyncSettings, read_secret_file
@@ -78,6 +78,10 @@ class ServicePlan:
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None  # the service could not be observed: nothing planned for it
     observed: Observation | None = None  # what observe() saw (the audit's access matrix)
+
+
+# The Connector method a batch goes through (Sync._in_parallel).
+Step = Literal["apply", "follow_up"]
 
 
 @dataclass
@@ -436,7 +440,7 @@ class Sync:
 
     def _in_parallel(self, connectors: Mapping[str, Connector],
                      batches: Mapping[str, list[ServiceChange]],
-                     report: Callable[[ChangeResult], None], step: str = "apply") -> None:
+                     report: Callable[[ChangeResult], None], step: Step = "apply") -> None:
         """Each service's batch in its own thread, through the connector's `step` (apply, or
         follow_up): a sync takes as long as its slowest service, not the sum of all (they
         wait on different servers)."""
@@ -449,7 +453,7 @@ class Sync:
                 future.result()
 
     def _apply_batch(self, connector: Connector, batch: list[ServiceChange],
-                     report: Callable[[ChangeResult], None], step: str = "apply") -> None:
+                     report: Callable[[ChangeResult], None], step: Step = "apply") -> None:
         reported: set[int] = set()
 
         def once(result: ChangeResult) -> None:
