@@ -18,7 +18,8 @@ from pathlib import Path
 PROC = Path("/proc")
 TICKS = os.sysconf("SC_CLK_TCK")
 POSTFIX = {"master", "pickup", "qmgr", "smtpd", "cleanup", "trivial-rewrite", "tlsmgr", "smtp",
-           "local", "bounce", "proxymap", "anvil", "postscreen", "verify", "showq"}
+           "local", "bounce", "proxymap", "anvil", "postscreen", "verify", "showq",
+           "scache", "tlsproxy"}
 DOVECOT = {"imap", "imap-login", "auth", "lmtp", "doveadm", "indexer-worker", "indexer",
            "stats", "config", "log", "quota-status"}
 
