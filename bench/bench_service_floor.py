@@ -153,7 +153,7 @@ def main() -> None:
           "| busiest kind of process |")
     print("| --- | --- | --- | --- | --- | --- |")
     for service, seconds, count, own, top, top_seconds in rows:
-        note = " (double: not in the floor)" if service == "cloud" else ""
+        note = " (not in the floor: a double)" if service == "cloud" else ""
         print(f"| {service} | {seconds:.1f} s | {count} | {own:.1f} s{note} | "
               f"{own / args.members * 1000:.1f} ms | {top} {top_seconds:.1f} s |")
     print("(A single-process service, such as Etherpad's one Node.js process, cannot go faster "
