@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,10 +33,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_sync import SERVICES, changes, coopctl, keycloak_anchor, sync  # noqa: E402
+from bench.bench_sync import (  # noqa: E402
+    bench_config,
+    changes,
+    coopctl,
+    ensure_plans_and_groups,
+    keycloak_anchor,
+    sync,
+    write_csv,
+)
 from bench.cpu_by_process import CpuWatch  # noqa: E402
-from provisioner.lab.config import LabConfig, default_state_dir  # noqa: E402
-from provisioner.lab.inventory import write_coopctl_config  # noqa: E402
+from provisioner.lab.config import LabConfig  # noqa: E402
 
 #: The services' own processes (bench/cpu_by_process.kind): the only ones the floor counts.
 #: Not counted, so that the floor only ever underestimates: coopctl, Ansible and the Python
@@ -48,21 +54,6 @@ SERVICE_KINDS = frozenset({"postfix", "dovecot", "etherpad", "keycloak", "slapd"
 START = 100_000
 #: The order the services are synced in; the cloud (a double here) last.
 ORDER = ["wiki", "sso", "mail", "pads", "cloud"]
-GIVEN = ["Anna", "Bram", "Chloé", "Daan", "Elif", "Femke", "Gilles", "Hanne"]
-
-
-def write_members(path: Path, count: int) -> None:
-    """N new members in plan ``bench`` (every service), groups bench-1/bench-2, three
-    languages."""
-    import csv
-
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["member_number", "uid", "given_name", "family_name", "plan", "groups",
-                    "language"])
-        for i in range(START, START + count):
-            w.writerow([f"F-{i:06d}", f"floor{i:06d}", GIVEN[i % len(GIVEN)], "Floor", "bench",
-                        f"bench-{1 + i % 2}", ["fr", "nl", "en"][i % 3]])
 
 
 def wait_for_empty_queue(cfg: LabConfig, limit: float = 1800) -> None:
@@ -79,44 +70,21 @@ def wait_for_empty_queue(cfg: LabConfig, limit: float = 1800) -> None:
     raise SystemExit("the mail host's queue did not drain in time")
 
 
-def service_seconds(watch: CpuWatch) -> float:
-    return sum(s for kind, s in watch.seconds_by_kind().items() if kind in SERVICE_KINDS)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--lab", default="lab")
     parser.add_argument("--skip-anchor", action="store_true")
     args = parser.parse_args()
-    cfg = LabConfig.load(default_state_dir(args.lab))
-    if cfg is None:
-        raise SystemExit(f"no lab {args.lab!r}: run `coopctl lab up` first")
-    work = cfg.state_dir / "bench-floor"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    config = write_coopctl_config(cfg, work / "coopctl.yaml")
-    import json
-
-    import yaml
-
-    data = yaml.safe_load(config.read_text())
-    data["sync"].update({"state_dir": str(work / "state"), "max_destructive_share": 0.5})
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-    plans = {p["name"] for p in json.loads(coopctl(config, "plan", "list", "--json")[2])}
-    if "bench" not in plans:
-        coopctl(config, "plan", "add", "bench", "--cloud-quota", "5 GB", "--mail-quota", "1 GB",
-                "--price", "2.50", *[x for s in SERVICES for x in ("--service", s)])
-    groups = {g["name"] for g in json.loads(coopctl(config, "group", "list", "--json")[2])}
-    for group in ("bench-1", "bench-2"):
-        if group not in groups:
-            coopctl(config, "group", "add", group)
+    cfg, work, config = bench_config(args.lab, "bench-floor")
+    ensure_plans_and_groups(config, ("bench",))
     # The members already in the lab (the lab's samples, an earlier bench's) are synced
     # first, so that each measured run below does only these N members' work.
     seconds, _, data = sync(config)
     print(f"(catch-up sync of the lab's other members: {seconds:.1f} s, {changes(data)} "
           "changes)", flush=True)
-    write_members(work / "members.csv", args.members)
+    write_csv(work / "members.csv", START, args.members, "bench", uid_prefix="floor",
+              number_prefix="F")
     seconds = coopctl(config, "member", "import", str(work / "members.csv"))[0]
     print(f"imported {args.members} members in {seconds:.1f} s", flush=True)
 
@@ -125,12 +93,12 @@ def main() -> None:
     for service in ORDER:
         with CpuWatch() as watch:
             started = time.monotonic()
-            seconds, _, data = sync(config, "--service", service)
+            _, _, data = sync(config, "--service", service)
             if service == "mail":  # the sync ends when Postfix accepted; delivery goes on
                 wait_for_empty_queue(cfg)
             seconds = time.monotonic() - started
-        own = service_seconds(watch)
         by_kind = watch.seconds_by_kind()
+        own = sum(sec for kind, sec in by_kind.items() if kind in SERVICE_KINDS)
         top = next((k for k in by_kind if k in SERVICE_KINDS), "-")
         if service != "cloud":
             total_service += own

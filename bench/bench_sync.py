@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,15 +76,49 @@ def coopctl(config: Path, *args: str, check: bool = True) -> tuple[float, int, s
     return seconds, int(usage.ru_maxrss / 1024), stdout
 
 
-def write_csv(path: Path, start: int, count: int, plan: str) -> None:
+def write_csv(path: Path, start: int, count: int, plan: str, uid_prefix: str = "bench",
+              number_prefix: str = "B") -> None:
+    """Members start..start+count-1 in `plan`, groups bench-1/bench-2, three languages."""
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["member_number", "uid", "given_name", "family_name", "plan", "groups",
                     "language"])
         for i in range(start, start + count):
             given, family = GIVEN[i % len(GIVEN)], FAMILY[(i // len(GIVEN)) % len(FAMILY)]
-            w.writerow([f"B-{i:06d}", f"bench{i:06d}", given, family, plan,
+            w.writerow([f"{number_prefix}-{i:06d}", f"{uid_prefix}{i:06d}", given, family, plan,
                         f"bench-{1 + i % 2}", ["fr", "nl", "en"][i % 3]])
+
+
+def bench_config(lab: str, name: str) -> tuple[LabConfig, Path, Path]:
+    """The lab, a fresh work directory `name` in its state dir, and a coopctl configuration
+    whose sync state lives there: the journal's marks (welcome sent...) must describe these
+    services, so a bench starts on a freshly deployed lab, with a fresh state."""
+    cfg = LabConfig.load(default_state_dir(lab))
+    if cfg is None:
+        raise SystemExit(f"no lab {lab!r}: run `coopctl lab up` first")
+    work = cfg.state_dir / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    config = write_coopctl_config(cfg, work / "coopctl.yaml")
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["sync"].update({"state_dir": str(work / "state"), "max_destructive_share": 0.5})
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return cfg, work, config
+
+
+def ensure_plans_and_groups(config: Path, plans: Sequence[str]) -> None:
+    """The bench's plans (every service) and groups bench-1/bench-2, unless already there."""
+    names = {p["name"] for p in json.loads(coopctl(config, "plan", "list", "--json")[2])}
+    for plan in plans:
+        if plan not in names:
+            coopctl(config, "plan", "add", plan, "--cloud-quota", "5 GB", "--mail-quota", "1 GB",
+                    "--price", "2.50", *[x for s in SERVICES for x in ("--service", s)])
+    groups = {g["name"] for g in json.loads(coopctl(config, "group", "list", "--json")[2])}
+    for group in ("bench-1", "bench-2"):
+        if group not in groups:
+            coopctl(config, "group", "add", group)
 
 
 def sync(config: Path, *extra: str) -> tuple[float, int, dict]:
@@ -229,32 +263,8 @@ def main() -> None:
     parser.add_argument("--lab", default="lab")
     parser.add_argument("--skip-anchor", action="store_true")
     args = parser.parse_args()
-    cfg = LabConfig.load(default_state_dir(args.lab))
-    if cfg is None:
-        raise SystemExit(f"no lab {args.lab!r}: run `coopctl lab up` first")
-    work = cfg.state_dir / "bench-sync"
-    # The journal's marks (welcome sent...) must describe these services: a bench starts on a
-    # freshly deployed lab, with a fresh state.
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    config = write_coopctl_config(cfg, work / "coopctl.yaml")
-    import yaml
-
-    data = yaml.safe_load(config.read_text())
-    data["sync"].update({"state_dir": str(work / "state"), "max_destructive_share": 0.5})
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-
-    services = [x for s in SERVICES for x in ("--service", s)]
-    plans = coopctl(config, "plan", "list", "--json")[2]
-    names = {p["name"] for p in json.loads(plans)}
-    for plan in ("bench", "bench-b"):
-        if plan not in names:
-            coopctl(config, "plan", "add", plan, "--cloud-quota", "5 GB", "--mail-quota", "1 GB",
-                    "--price", "2.50", *services)
-    groups = {g["name"] for g in json.loads(coopctl(config, "group", "list", "--json")[2])}
-    for group in ("bench-1", "bench-2"):
-        if group not in groups:
-            coopctl(config, "group", "add", group)
+    cfg, work, config = bench_config(args.lab, "bench-sync")
+    ensure_plans_and_groups(config, ("bench", "bench-b"))
     base = args.members - args.batch
     write_csv(work / "base.csv", 0, base, "bench")
     write_csv(work / "batch.csv", base, args.batch, "bench-b")
